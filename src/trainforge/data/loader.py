@@ -1,0 +1,201 @@
+"""Reproducible, resumable loading: ResumableSampler, seeded workers, collate, make_loader, split.
+
+The order of an epoch is a pure function of (seed, epoch). A resume skips the consumed batches by
+index (no batch is loaded to be thrown away), and the DataLoader's own generator is re-seeded from
+(seed, epoch) before each epoch, so ``iter(loader)`` never draws from the global torch RNG
+(a restored RNG state would otherwise change every worker's seed).
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import math
+import random
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, Subset, TensorDataset
+
+
+def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
+    """A well-mixed 63-bit seed from (seed, epoch, salt); neighbouring inputs give unrelated seeds."""
+    ss = np.random.SeedSequence([int(seed), int(epoch), int(salt)])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class ResumableSampler(Sampler[int]):
+    """Yields dataset indices for one epoch; order = f(seed, epoch); can start ``skip_batches`` in.
+
+    ``set_epoch(epoch, skip_batches)`` must be called before each epoch (the trainer does it).
+    """
+
+    def __init__(self, length: int, *, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+        if length < 0:
+            raise ValueError("dataset length must be >= 0")
+        self.length = length
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.skip_batches = 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch = epoch
+        self.skip_batches = skip_batches
+
+    def order(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.length)
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        return torch.randperm(self.length, generator=g)
+
+    def batches_per_epoch(self) -> int:
+        if self.drop_last:
+            return self.length // self.batch_size
+        return math.ceil(self.length / self.batch_size)
+
+    def _bounds(self) -> tuple[int, int]:
+        stop = min(self.length, self.batches_per_epoch() * self.batch_size)
+        return min(self.skip_batches * self.batch_size, stop), stop
+
+    def __iter__(self) -> Iterator[int]:
+        start, stop = self._bounds()
+        return iter(self.order(self.epoch)[start:stop].tolist())
+
+    def __len__(self) -> int:
+        start, stop = self._bounds()
+        return stop - start
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch, "skip_batches": self.skip_batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed, self.epoch, self.skip_batches = state["seed"], state["epoch"], state["skip_batches"]
+
+
+def seed_worker(worker_id: int) -> None:
+    """worker_init_fn: numpy and python RNGs from the worker's torch seed (itself from seed, epoch, id)."""
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def collate(batch: Sequence[Any]) -> Any:
+    """Stack a list of samples: tensors, numbers, numpy arrays, dicts and tuples of them (nested)."""
+    first = batch[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(list(batch))
+    if isinstance(first, np.ndarray):
+        return torch.from_numpy(np.stack(batch))
+    if isinstance(first, bool):
+        return torch.tensor(batch, dtype=torch.bool)
+    if isinstance(first, int):
+        return torch.tensor(batch, dtype=torch.long)
+    if isinstance(first, float):
+        return torch.tensor(batch, dtype=torch.float32)
+    if isinstance(first, np.generic):
+        return torch.from_numpy(np.asarray(batch))
+    if isinstance(first, cabc.Mapping):
+        missing = [i for i, b in enumerate(batch) if set(b) != set(first)]
+        if missing:
+            raise ValueError(f"collate: sample {missing[0]} has keys {sorted(batch[missing[0]])}, expected {sorted(first)}")
+        return {k: collate([b[k] for b in batch]) for k in first}
+    if isinstance(first, tuple) and hasattr(first, "_fields"):  # namedtuple
+        return type(first)(*(collate(list(s)) for s in zip(*batch)))
+    if isinstance(first, (tuple, list)):
+        return type(first)(collate(list(s)) for s in zip(*batch)) if isinstance(first, tuple) else [collate(list(s)) for s in zip(*batch)]
+    if isinstance(first, str):
+        return list(batch)
+    raise TypeError(f"collate: cannot batch samples of type {type(first).__name__}")
+
+
+def as_dataset(data: Any) -> Dataset | IterableDataset:
+    """Accept a Dataset, a tensor, or a tuple/list of equal-length tensors (inputs, targets, ...)."""
+    if isinstance(data, (Dataset, IterableDataset)):
+        return data
+    if isinstance(data, torch.Tensor):
+        return TensorDataset(data)
+    if isinstance(data, np.ndarray):
+        return TensorDataset(torch.from_numpy(data))
+    if isinstance(data, (tuple, list)) and data and all(isinstance(t, (torch.Tensor, np.ndarray)) for t in data):
+        tensors = [torch.as_tensor(t) for t in data]
+        lengths = {len(t) for t in tensors}
+        if len(lengths) != 1:
+            raise ValueError(f"tensors must have the same first dimension, got lengths {[len(t) for t in tensors]}")
+        return TensorDataset(*tensors)
+    raise TypeError(
+        f"cannot train on a {type(data).__name__}: pass a Dataset, a DataLoader, a tensor, or a tuple of tensors"
+    )
+
+
+def make_loader(
+    dataset: Any,
+    cfg: Any = None,
+    *,
+    batch_size: int | None = None,
+    shuffle: bool | None = None,
+    seed: int | None = None,
+    num_workers: int | None = None,
+    drop_last: bool | None = None,
+    pin_memory: bool | None = None,
+) -> DataLoader:
+    """A DataLoader with a ResumableSampler (map-style data), seeded workers, and our collate.
+
+    ``cfg`` (a TrainConfig) supplies defaults; keyword arguments override it.
+    """
+    def pick(value: Any, name: str, default: Any) -> Any:
+        if value is not None:
+            return value
+        return getattr(cfg, name, default) if cfg is not None else default
+
+    dataset = as_dataset(dataset)
+    batch_size = pick(batch_size, "batch_size", 32)
+    num_workers = pick(num_workers, "num_workers", 0)
+    seed = pick(seed, "seed", 0)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    generator = torch.Generator().manual_seed(epoch_seed(seed, 0, salt=1))
+    common = dict(num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
+                  worker_init_fn=seed_worker, generator=generator,
+                  persistent_workers=False)
+    if isinstance(dataset, IterableDataset):
+        return DataLoader(dataset, batch_size=batch_size, **common)
+    sampler = ResumableSampler(len(dataset), batch_size=batch_size, shuffle=pick(shuffle, "shuffle", True),
+                               seed=seed, drop_last=pick(drop_last, "drop_last", False))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=sampler.drop_last, **common)
+
+
+def prepare_epoch(loader: DataLoader, seed: int, epoch: int, skip_batches: int = 0) -> bool:
+    """Position ``loader`` at (epoch, skip_batches). Returns False when it cannot skip by index
+    (a plain sampler or an iterable dataset): the caller then skips by iterating."""
+    if loader.generator is not None:
+        loader.generator.manual_seed(epoch_seed(seed, epoch, salt=1))
+    sampler = loader.sampler
+    if isinstance(sampler, ResumableSampler):
+        sampler.set_epoch(epoch, skip_batches)
+        return True
+    dataset = loader.dataset
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    if skip_batches and hasattr(dataset, "skip_batches"):
+        dataset.skip_batches(skip_batches)
+        return True
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    return skip_batches == 0
+
+
+def split(dataset: Any, val_fraction: float, seed: int = 0) -> tuple[Subset, Subset]:
+    """Deterministic train/validation split: the same (dataset length, fraction, seed) gives the same split."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    dataset = as_dataset(dataset)
+    n = len(dataset)
+    n_val = max(1, int(round(n * val_fraction)))
+    if n_val >= n:
+        raise ValueError(f"val_fraction={val_fraction} leaves no training data out of {n} samples")
+    g = torch.Generator().manual_seed(epoch_seed(seed, 0, salt=2))
+    perm = torch.randperm(n, generator=g).tolist()
+    return Subset(dataset, sorted(perm[n_val:])), Subset(dataset, sorted(perm[:n_val]))

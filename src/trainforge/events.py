@@ -1,0 +1,103 @@
+"""Events and the Callback base class.
+
+The loop, in pseudocode, with the event fired at each point::
+
+    on_train_start
+    for epoch:
+        on_epoch_start
+        for batch:
+            on_batch_start
+            forward, loss, scaled backward      (per micro-batch)
+            on_after_backward                   (gradients complete and synced, still scaled by 1/N)
+            unscale, gradient filters, clip, finite check
+            on_before_optimizer_step
+            optimizer.step, scaler update, zero_grad, schedule
+            on_after_optimizer_step             (weight version just rose)
+            on_batch_end
+        [validation]  on_validation_start ... on_validation_end
+        on_epoch_end
+        [checkpoint]  on_checkpoint
+    on_train_end                                (always, also after an error)
+    on_error                                    (before on_train_end, when the run failed)
+
+A callback method's name equals its event's value, and takes ``(trainer)``; the
+trainer's ``state`` holds every counter and the latest metrics.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trainer import Trainer
+
+
+class Event(str, Enum):
+    TRAIN_START = "on_train_start"
+    EPOCH_START = "on_epoch_start"
+    BATCH_START = "on_batch_start"
+    AFTER_BACKWARD = "on_after_backward"
+    BEFORE_OPTIMIZER_STEP = "on_before_optimizer_step"
+    AFTER_OPTIMIZER_STEP = "on_after_optimizer_step"
+    BATCH_END = "on_batch_end"
+    VALIDATION_START = "on_validation_start"
+    VALIDATION_END = "on_validation_end"
+    EPOCH_END = "on_epoch_end"
+    CHECKPOINT = "on_checkpoint"
+    ERROR = "on_error"
+    TRAIN_END = "on_train_end"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Callback:
+    """Base class: one no-op method per event. Override what you need.
+
+    A callback with state worth resuming overrides ``state_dict`` / ``load_state_dict``;
+    the trainer saves it in every checkpoint under the callback's ``state_key``.
+    To stop the run, call ``trainer.stop(reason)`` (or raise ``StopTraining``).
+    """
+
+    @property
+    def state_key(self) -> str:
+        return type(self).__name__
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+    def on_train_start(self, trainer: "Trainer") -> None: ...
+    def on_epoch_start(self, trainer: "Trainer") -> None: ...
+    def on_batch_start(self, trainer: "Trainer") -> None: ...
+    def on_after_backward(self, trainer: "Trainer") -> None: ...
+    def on_before_optimizer_step(self, trainer: "Trainer") -> None: ...
+    def on_after_optimizer_step(self, trainer: "Trainer") -> None: ...
+    def on_batch_end(self, trainer: "Trainer") -> None: ...
+    def on_validation_start(self, trainer: "Trainer") -> None: ...
+    def on_validation_end(self, trainer: "Trainer") -> None: ...
+    def on_epoch_end(self, trainer: "Trainer") -> None: ...
+    def on_checkpoint(self, trainer: "Trainer") -> None: ...
+    def on_error(self, trainer: "Trainer") -> None: ...
+    def on_train_end(self, trainer: "Trainer") -> None: ...
+
+
+class StopTraining(Exception):
+    """Raised by a callback (or the trainer) to end the run normally after the current step."""
+
+    def __init__(self, reason: str = "stopped by callback") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SkipBatch(Exception):
+    """Raised in ``on_batch_start`` to skip the current batch without training on it."""
+
+
+def overrides(callback: Callback, event: Event) -> bool:
+    """True when ``callback`` defines its own method for ``event`` (so the base no-op can be skipped)."""
+    method = getattr(type(callback), event.value, None)
+    return method is not None and method is not getattr(Callback, event.value)
