@@ -89,6 +89,7 @@ class Counters:
     skipped_steps: int = 0
     skipped_batches: int = 0
     rollbacks: int = 0
+    last_val_step: int = -1
 
 
 @dataclass

@@ -1,0 +1,132 @@
+"""The run's log: one record per log step, validation and epoch, fanned out to sinks.
+
+A record is ``{"kind": "train"|"val"|"epoch", "step", "epoch", "time", <metric>: value, ...}``.
+A sink is any object with ``open(run_dir, config)``, ``write(record)`` and ``close()``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ..metrics import json_safe
+
+LEVEL_KEYS = {
+    # what a train record carries at each level (validation and epoch records are always whole)
+    "minimal": ("train/loss", "lr"),
+    "standard": ("train/loss", "lr", "grad/norm", "throughput/", "time/step", "weight_version"),
+    "verbose": None,  # everything
+}
+
+
+def filter_for_level(record: dict[str, Any], level: str) -> dict[str, Any]:
+    keys = LEVEL_KEYS[level]
+    if keys is None or record.get("kind") != "train":
+        return record
+    base = {k: record[k] for k in ("kind", "step", "epoch", "time") if k in record}
+    base.update({k: v for k, v in record.items() if any(k == p or (p.endswith("/") and k.startswith(p)) for p in keys)})
+    return base
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+            return f"{value:.3e}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+class JsonlSink:
+    """``metrics.jsonl``: appended (a resumed run continues the file), flushed per record so a
+    killed run keeps everything it logged."""
+
+    def open(self, run_dir: Path, config: dict) -> None:
+        self._fh = open(Path(run_dir) / "metrics.jsonl", "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(json_safe(record)) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if getattr(self, "_fh", None):
+            self._fh.close()
+            self._fh = None
+
+
+class ConsoleSink:
+    """Epoch summaries and validation results always; a line per log step at level verbose
+    (or when there is no progress bar). Writes through tqdm so bars are not broken."""
+
+    def __init__(self, level: str = "standard", max_epochs: int | None = None, progress: bool = True):
+        self.level = level
+        self.max_epochs = max_epochs
+        self.progress = progress
+
+    def open(self, run_dir: Path, config: dict) -> None:
+        pass
+
+    def write(self, record: dict[str, Any]) -> None:
+        kind = record.get("kind")
+        if kind == "train" and (self.level == "verbose" or (not self.progress and self.level != "minimal")):
+            self._print(f"step {record['step']}", record)
+        elif kind == "val" and record.get("mid_epoch"):
+            self._print(f"step {record['step']} validation", record)
+        elif kind == "epoch":
+            total = f"/{self.max_epochs}" if self.max_epochs else ""
+            rest = {k: v for k, v in record.items() if k not in ("train/epoch_loss", "time/epoch")}
+            head = f"epoch {record['epoch'] + 1}{total} · step {record['step']}"
+            if "train/epoch_loss" in record:
+                head += f" · loss {fmt(record['train/epoch_loss'])}"
+            self._print(head, rest, tail=f"{record.get('time/epoch', 0):.1f}s")
+
+    def _print(self, head: str, record: dict[str, Any], tail: str = "") -> None:
+        skip = {"kind", "step", "epoch", "time", "mid_epoch"}
+        parts = [head] + [f"{k} {fmt(v)}" for k, v in record.items() if k not in skip and v is not None]
+        tqdm.write(" · ".join(parts + ([tail] if tail else [])), file=sys.stderr)
+
+    def close(self) -> None:
+        pass
+
+
+class RunLogger:
+    """Fans records out to the sinks; only the main process logs."""
+
+    def __init__(self, sinks: list[Any], level: str = "standard"):
+        self.sinks = sinks
+        self.level = level
+
+    def open(self, run_dir: Path, config: dict) -> None:
+        for sink in self.sinks:
+            sink.open(run_dir, config)
+
+    def write(self, record: dict[str, Any]) -> None:
+        record = filter_for_level(record, self.level)
+        for sink in self.sinks:
+            sink.write(record)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+def build_sinks(cfg: Any, extra: list[Any] | None = None) -> list[Any]:
+    """Sinks named in ``cfg.log.sinks``; the optional trackers are imported only when asked for."""
+    sinks: list[Any] = []
+    for name in cfg.log.sinks:
+        if name == "console":
+            sinks.append(ConsoleSink(cfg.log.level, cfg.max_epochs, cfg.log.progress))
+        elif name == "jsonl":
+            sinks.append(JsonlSink())
+        else:
+            from .trackers import make_sink
+            kwargs = {}
+            if name == "mlflow":
+                kwargs = {"tracking_uri": cfg.log.mlflow_tracking_uri, "experiment": cfg.log.mlflow_experiment}
+            sinks.append(make_sink(name, **kwargs))
+    if "jsonl" not in cfg.log.sinks:
+        sinks.append(JsonlSink())  # metrics.jsonl is part of the run directory contract
+    return sinks + list(extra or [])

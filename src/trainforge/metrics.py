@@ -1,0 +1,114 @@
+"""Running values between log points, epoch means, best values, and result.json.
+
+Per-step values stay tensors on the device; ``flush`` turns a whole interval into floats with one
+host sync (a per-step ``.item()`` is what made some framework loops several times slower).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class IntervalMeter:
+    """Accumulates one log interval: per-step losses (tensors), counts and timings."""
+
+    losses: list[torch.Tensor] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    batches: int = 0
+    samples: int = 0
+    tokens: int = 0
+    data_wait: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add_step(self, step: int, loss: torch.Tensor) -> None:
+        self.steps.append(step)
+        self.losses.append(loss)
+
+    def add_batch(self, samples: int, tokens: int) -> None:
+        self.batches += 1
+        self.samples += samples
+        self.tokens += tokens
+
+    def flush(self) -> tuple[list[int], list[float], dict[str, float]]:
+        """(steps, per-step losses, rates) for the interval; resets the meter."""
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        values = torch.stack(self.losses).float().tolist() if self.losses else []
+        n_steps = max(len(self.steps), 1)
+        rates = {
+            "throughput/batches_per_s": self.batches / elapsed,
+            "throughput/samples_per_s": self.samples / elapsed,
+            "time/step": elapsed / n_steps,
+            "time/data_wait": self.data_wait / n_steps,
+        }
+        if self.tokens:
+            rates["throughput/tokens_per_s"] = self.tokens / elapsed
+        steps = self.steps
+        self.__init__()  # type: ignore[misc]
+        return steps, values, rates
+
+
+@dataclass
+class EpochMeter:
+    """Sum of step losses over an epoch, as a tensor until the epoch ends."""
+
+    loss_sum: torch.Tensor | None = None
+    n: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+        self.n += 1
+
+    def summary(self) -> dict[str, float]:
+        out = {"time/epoch": time.perf_counter() - self.started}
+        if self.n:
+            out["train/epoch_loss"] = float(self.loss_sum) / self.n  # type: ignore[arg-type]
+        return out
+
+
+def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def update_best(best: dict[str, float], metrics: dict[str, float]) -> None:
+    """Best-so-far of every loss (min) and accuracy-like metric (max), kept in TrainState.best."""
+    for name, value in metrics.items():
+        mode = "min" if ("loss" in name or name.startswith("time/")) else "max"
+        if not name.startswith(("val/", "eval/", "train/")):
+            continue
+        if improved(value, best.get(name), mode):
+            best[name] = value
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf become None so result.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(json_safe(result), indent=1))
