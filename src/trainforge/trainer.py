@@ -475,9 +475,9 @@ class Trainer:
         self.train_loader = self._as_loader(train_data, train=True)
         self.val_loader = self._as_loader(val_data, train=False) if val_data is not None else None
         try:
-            self.batches_per_epoch = len(self.train_loader)
+            self.batches_per_epoch: int | None = len(self.train_loader)
         except TypeError:  # an iterable dataset without a length
-            self.batches_per_epoch = 0
+            self.batches_per_epoch = None
         self.schedule = build_schedule(cfg.schedule, self._total_steps())
         self._interval, self._epoch_meter = IntervalMeter(), EpochMeter()
         self._grad_norm: torch.Tensor | None = None
@@ -535,6 +535,8 @@ class Trainer:
 
     def _total_steps(self) -> int:
         cfg = self.cfg
+        if self.batches_per_epoch == 0:
+            return 1  # nothing to train on; the loop says so
         per_epoch = math.ceil(self.batches_per_epoch / cfg.grad.accumulate) if self.batches_per_epoch else 0
         candidates = [s for s in (cfg.max_steps, per_epoch * cfg.max_epochs if cfg.max_epochs and per_epoch else None) if s]
         if not candidates:
@@ -563,10 +565,10 @@ class Trainer:
                 self.checkpoints.wait()
             except Exception as e:  # a failed async save must not hide the run's own outcome
                 warnings.warn(f"pending checkpoint failed: {e}", stacklevel=2)
-        self._write_result(error=exc)
-        self.logger.close()
         if self.phase != phase:
             self.lifecycle.to(phase)
+        self._write_result(error=exc)
+        self.logger.close()
 
     # ------------------------------------------------------------------ control, events, logging
     def _check_controls(self) -> None:

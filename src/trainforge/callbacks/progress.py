@@ -23,7 +23,7 @@ class ProgressBar(Callback):
         c = trainer.state.counters
         total = trainer.batches_per_epoch
         epochs = f"/{trainer.cfg.max_epochs}" if trainer.cfg.max_epochs else ""
-        self.bar = tqdm(total=total, initial=min(c.batch_in_epoch, total or c.batch_in_epoch),
+        self.bar = tqdm(total=total, initial=c.batch_in_epoch,
                         desc=f"epoch {c.epoch + 1}{epochs}", unit="batch", leave=False,
                         dynamic_ncols=True, mininterval=0.25, file=sys.stderr)
 
