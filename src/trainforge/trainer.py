@@ -222,7 +222,7 @@ class Trainer:
             index = c.batch_in_epoch
             c.batch_in_epoch += 1
             consumed += 1
-            if (c.epoch, index) in self._skip_batches or batch_size_of(batch) == 0:
+            if (self._skip_batches and (c.epoch, index) in self._skip_batches) or batch_size_of(batch) == 0:
                 self._skip_batch(index, batch)
                 waited = time.perf_counter()
                 continue
@@ -297,7 +297,8 @@ class Trainer:
         logged = (c.step + 1) % self.cfg.log.every_steps == 0
         if logged and self.cfg.log.level == "verbose":
             self._grad_extremes = grad_extremes(params)
-        if not is_finite(loss, norm):
+        # One host sync per step: NaN/inf in either propagates through the sum (norm >= 0).
+        if not bool(torch.isfinite(loss.float() + norm.to(loss.device, torch.float32))):
             if self.scaler.is_enabled() and is_finite(loss):
                 self.scaler.step(self.optimizer)  # fp16 overflow: the scaler skips and lowers its scale
                 self.scaler.update()
@@ -568,7 +569,7 @@ class Trainer:
         if self.phase != phase:
             self.lifecycle.to(phase)
         self._write_result(error=exc)
-        self.logger.close()
+        self.logger.close(failed=exc is not None)
 
     # ------------------------------------------------------------------ control, events, logging
     def _check_controls(self) -> None:
@@ -600,7 +601,8 @@ class Trainer:
         self._dispatch = {e: [cb for cb in self.callbacks if overrides(cb, e)] for e in Event}
 
     def _fire(self, event: Event) -> None:
-        for cb in list(self._dispatch[event]):
+        # _refresh_dispatch swaps in new lists, so a callback added or removed here is safe.
+        for cb in self._dispatch[event]:
             try:
                 getattr(cb, event.value)(self)
             except StopTraining as s:
@@ -626,7 +628,7 @@ class Trainer:
             record["grad/norm"] = float(self._grad_norm)
         if verbose and self._grad_extremes is not None:
             record["grad/max"], record["grad/min"] = (float(t) for t in self._grad_extremes)
-        if self.cfg.log.memory and verbose:
+        if self.cfg.log.memory and self.cfg.log.level != "minimal":
             from .callbacks.monitors import memory_stats
             record.update(memory_stats())
         if not weights_finite(self.model):

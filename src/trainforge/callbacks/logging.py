@@ -6,6 +6,7 @@ A sink is any object with ``open(run_dir, config)``, ``write(record)`` and ``clo
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from ..metrics import json_safe
 LEVEL_KEYS = {
     # what a train record carries at each level (validation and epoch records are always whole)
     "minimal": ("train/loss", "lr"),
-    "standard": ("train/loss", "lr", "grad/norm", "throughput/", "time/step", "weight_version"),
+    "standard": ("train/loss", "lr", "grad/norm", "throughput/", "time/step", "weight_version", "memory/"),
     "verbose": None,  # everything
 }
 
@@ -108,9 +109,12 @@ class RunLogger:
         for sink in self.sinks:
             sink.write(record)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         for sink in self.sinks:
-            sink.close()
+            if failed and "status" in inspect.signature(sink.close).parameters:
+                sink.close(status="FAILED")  # trackers that know run status show the run as failed
+            else:
+                sink.close()
 
 
 def build_sinks(cfg: Any, extra: list[Any] | None = None) -> list[Any]:
