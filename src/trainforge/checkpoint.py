@@ -350,8 +350,10 @@ class _Job:
 
 def _write_files(tmp: Path, job: _Job) -> None:
     """Write the three data files and the manifest into ``tmp``, each fsynced."""
-    metadata = {"format": FORMAT, "aliases": json.dumps(job.aliases), "keys": json.dumps(job.keys),
-                **job.model_info}
+    # One metadata key: safetensors writes its metadata map in hash order, so several keys would
+    # make the bytes of identical checkpoints differ between processes.
+    info = {"format": FORMAT, "aliases": json.dumps(job.aliases), "keys": json.dumps(job.keys), **job.model_info}
+    metadata = {"trainforge": json.dumps(info, sort_keys=True)}
     unique = {k: v.contiguous() for k, v in job.unique.items()}  # safetensors stores dense rows only
     _st_save_file(unique, str(tmp / MODEL_FILE), metadata=metadata)
     torch.save(job.tensors, tmp / STATE_FILE)
@@ -417,6 +419,8 @@ def _load_model(path: Path) -> dict:
     try:
         with safe_open(str(f), framework="pt") as st:
             md = st.metadata() or {}
+        if "trainforge" in md:
+            md = json.loads(md["trainforge"])
         tensors = _st_load_file(str(f), device="cpu")
         aliases = dict(json.loads(md.get("aliases", "{}")))
         keys = list(json.loads(md.get("keys", "null")) or tensors)

@@ -419,6 +419,7 @@ class Trainer:
             warnings.warn("weights are not finite: checkpoint not written (the previous one stays latest)", stacklevel=2)
             return None
         c = self.state.counters
+        self._flush_interval(log=False)  # per-step losses since the last log belong in the saved history
         previous = self.lifecycle.to(Phase.CHECKPOINTING)
         try:
             payload = build_payload(self)
@@ -440,7 +441,12 @@ class Trainer:
         self.lifecycle.to(Phase.RESTORING)
         restore_payload(self, found)
         reason = self.state.stopped_reason
-        return reason is not None and reason != "preempted" and not reason.startswith("error")
+        if reason is None or reason == "preempted" or reason.startswith("error"):
+            return False
+        if reason.startswith(("max_steps", "max_epochs")) and not self._budget_reached():
+            self.state.stopped_reason = None  # the budget was raised: train on
+            return False
+        return True
 
     def _already_finished(self) -> FitResult:
         print(f"trainforge: run in {self.cfg.run_dir} already finished ({self.state.stopped_reason}); "

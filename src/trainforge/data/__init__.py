@@ -1,5 +1,14 @@
-"""Data: readers, streaming, cache, token windows, and reproducible, resumable loaders."""
+"""Data: readers, streaming, cache and filter, token windows, data specs, and reproducible, resumable loaders."""
 
+from .cache import CachedDataset, FilteredDataset
 from .loader import ResumableSampler, as_dataset, collate, epoch_seed, make_loader, prepare_epoch, seed_worker, split
+from .readers import DataError, load_dataset
+from .spec import build_data
+from .streaming import JsonlStream, StreamingDataset, TokenStream, stream_dataset
+from .tokens import TokenWindowDataset
 
-__all__ = ["ResumableSampler", "as_dataset", "collate", "epoch_seed", "make_loader", "prepare_epoch", "seed_worker", "split"]
+__all__ = [
+    "CachedDataset", "DataError", "FilteredDataset", "JsonlStream", "ResumableSampler", "StreamingDataset",
+    "TokenStream", "TokenWindowDataset", "as_dataset", "build_data", "collate", "epoch_seed", "load_dataset",
+    "make_loader", "prepare_epoch", "seed_worker", "split", "stream_dataset",
+]

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, Subset, TensorDataset, get_worker_info
 
 
 def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
@@ -82,12 +82,42 @@ def seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
+class TensorData(TensorDataset):
+    """A TensorDataset that fetches a whole batch with one index operation per tensor.
+
+    DataLoader calls ``__getitems__`` with the batch's indices when a dataset has it; indexing
+    once instead of per sample and stacking removes most of the loader's cost for in-memory data.
+    """
+
+    def __getitems__(self, indices: list[int]) -> "Batched":
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return Batched(t[index] for t in self.tensors)
+
+
+class Batched(tuple):
+    """Samples already stacked into a batch: ``collate`` passes it through as a plain tuple."""
+
+
 def collate(batch: Sequence[Any]) -> Any:
     """Stack a list of samples: tensors, numbers, numpy arrays, dicts and tuples of them (nested)."""
+    if isinstance(batch, Batched):
+        return tuple(batch)
+    if not batch:
+        raise ValueError("collate: empty batch")
     first = batch[0]
     if isinstance(first, torch.Tensor):
-        return torch.stack(list(batch))
+        try:
+            return torch.stack(list(batch), out=_shared_out(batch))
+        except RuntimeError:
+            shapes = sorted({tuple(b.shape) for b in batch})
+            if len(shapes) == 1:
+                raise
+        # torch.stack's own message does not say which shapes met
+        raise ValueError(f"collate: samples have different shapes {shapes}; pad or crop them "
+                         f"to one shape, or pass a collate_fn that does")
     if isinstance(first, np.ndarray):
+        if get_worker_info() is not None and first.dtype.kind in "biuf":
+            return collate([torch.from_numpy(np.asarray(b)) for b in batch])
         return torch.from_numpy(np.stack(batch))
     if isinstance(first, bool):
         return torch.tensor(batch, dtype=torch.bool)
@@ -98,10 +128,14 @@ def collate(batch: Sequence[Any]) -> Any:
     if isinstance(first, np.generic):
         return torch.from_numpy(np.asarray(batch))
     if isinstance(first, cabc.Mapping):
-        missing = [i for i, b in enumerate(batch) if set(b) != set(first)]
+        keys = first.keys()
+        missing = [i for i, b in enumerate(batch) if b.keys() != keys]
         if missing:
             raise ValueError(f"collate: sample {missing[0]} has keys {sorted(batch[missing[0]])}, expected {sorted(first)}")
         return {k: collate([b[k] for b in batch]) for k in first}
+    if isinstance(first, (tuple, list)) and any(len(b) != len(first) for b in batch):
+        # zip would silently cut every sample to the shortest
+        raise ValueError(f"collate: samples have different lengths {sorted({len(b) for b in batch})}")
     if isinstance(first, tuple) and hasattr(first, "_fields"):  # namedtuple
         return type(first)(*(collate(list(s)) for s in zip(*batch)))
     if isinstance(first, (tuple, list)):
@@ -111,20 +145,30 @@ def collate(batch: Sequence[Any]) -> Any:
     raise TypeError(f"collate: cannot batch samples of type {type(first).__name__}")
 
 
+def _shared_out(batch: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """In a DataLoader worker, stack straight into shared memory: the batch then travels to the
+    main process without another copy (as torch's default_collate does)."""
+    first = batch[0]
+    if get_worker_info() is None or first.layout != torch.strided:
+        return None
+    storage = first._typed_storage()._new_shared(first.numel() * len(batch), device=first.device)
+    return first.new(storage).resize_(len(batch), *first.shape)
+
+
 def as_dataset(data: Any) -> Dataset | IterableDataset:
     """Accept a Dataset, a tensor, or a tuple/list of equal-length tensors (inputs, targets, ...)."""
     if isinstance(data, (Dataset, IterableDataset)):
         return data
     if isinstance(data, torch.Tensor):
-        return TensorDataset(data)
+        return TensorData(data)
     if isinstance(data, np.ndarray):
-        return TensorDataset(torch.from_numpy(data))
+        return TensorData(torch.from_numpy(data))
     if isinstance(data, (tuple, list)) and data and all(isinstance(t, (torch.Tensor, np.ndarray)) for t in data):
         tensors = [torch.as_tensor(t) for t in data]
         lengths = {len(t) for t in tensors}
         if len(lengths) != 1:
             raise ValueError(f"tensors must have the same first dimension, got lengths {[len(t) for t in tensors]}")
-        return TensorDataset(*tensors)
+        return TensorData(*tensors)
     raise TypeError(
         f"cannot train on a {type(data).__name__}: pass a Dataset, a DataLoader, a tensor, or a tuple of tensors"
     )
@@ -161,7 +205,9 @@ def make_loader(
                   worker_init_fn=seed_worker, generator=generator,
                   persistent_workers=False)
     if isinstance(dataset, IterableDataset):
-        return DataLoader(dataset, batch_size=batch_size, **common)
+        if hasattr(dataset, "set_batch_size"):  # a stream deals whole batches to workers (streaming.py)
+            dataset.set_batch_size(batch_size)
+        return DataLoader(dataset, batch_size=batch_size, drop_last=pick(drop_last, "drop_last", False), **common)
     sampler = ResumableSampler(len(dataset), batch_size=batch_size, shuffle=pick(shuffle, "shuffle", True),
                                seed=seed, drop_last=pick(drop_last, "drop_last", False))
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=sampler.drop_last, **common)
@@ -172,13 +218,15 @@ def prepare_epoch(loader: DataLoader, seed: int, epoch: int, skip_batches: int =
     (a plain sampler or an iterable dataset): the caller then skips by iterating."""
     if loader.generator is not None:
         loader.generator.manual_seed(epoch_seed(seed, epoch, salt=1))
+    dataset = loader.dataset
+    if hasattr(dataset, "set_epoch"):  # map-style too: random token windows are drawn per epoch
+        dataset.set_epoch(epoch)
     sampler = loader.sampler
     if isinstance(sampler, ResumableSampler):
         sampler.set_epoch(epoch, skip_batches)
         return True
-    dataset = loader.dataset
-    if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(epoch)
+    if hasattr(dataset, "set_batch_size") and loader.batch_size:
+        dataset.set_batch_size(loader.batch_size)
     if skip_batches and hasattr(dataset, "skip_batches"):
         dataset.skip_batches(skip_batches)
         return True
@@ -192,6 +240,8 @@ def split(dataset: Any, val_fraction: float, seed: int = 0) -> tuple[Subset, Sub
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     dataset = as_dataset(dataset)
+    if isinstance(dataset, IterableDataset):
+        raise ValueError("split needs a map-style dataset (with a length); for a stream give a separate validation file")
     n = len(dataset)
     n_val = max(1, int(round(n * val_fraction)))
     if n_val >= n:

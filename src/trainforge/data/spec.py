@@ -1,0 +1,109 @@
+"""Data specs: the config's ``data:`` mapping turned into (train, val) datasets.
+
+```yaml
+data:
+  path: data/train.jsonl      # required
+  format: jsonl               # default: from the extension
+  val_path: data/val.jsonl    # or val_fraction: 0.1 (a deterministic split of train by the run's seed)
+  fields: [x, y]              # any reader option (see docs/data.md)
+  streaming: false            # true: stream_dataset (path may be a glob); needs val_path for validation
+  cache: 10000                # wrap in an LRU CachedDataset of this many items
+  filter: mypkg.data:keep     # "module:callable" predicate: FilteredDataset / the stream's filter
+```
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from torch.utils.data import Dataset, IterableDataset
+
+from .cache import CachedDataset
+from .loader import split
+from .readers import DataError, EXTENSIONS, load_dataset
+from .streaming import stream_dataset
+
+SPEC_KEYS = ("path", "format", "val_path", "val_fraction", "streaming", "cache", "filter")
+
+
+def spec_dict(spec: Any) -> dict[str, Any]:
+    """A plain dict from a dict or a pydantic model (``trainforge.config.DataSpec``, extras included)."""
+    if isinstance(spec, dict):
+        return dict(spec)
+    if hasattr(spec, "model_dump"):
+        return spec.model_dump()
+    raise DataError(f"a data spec must be a mapping like {{path: ..., format: ...}}, got {type(spec).__name__}")
+
+
+def build_data(spec: Any, seed: int = 0) -> tuple[Dataset | IterableDataset, Dataset | IterableDataset | None]:
+    """(train, val) from a spec; val from ``val_path``, else a ``val_fraction`` split, else None."""
+    d = spec_dict(spec)
+    path = d.pop("path", None)
+    if not path:
+        raise DataError("data spec needs path: the training data file")
+    fmt = d.pop("format", None)
+    val_path = d.pop("val_path", None)
+    val_fraction = float(d.pop("val_fraction", 0.0) or 0.0)
+    streaming = bool(d.pop("streaming", False))
+    cache = d.pop("cache", None)
+    predicate = resolve_callable(d.pop("filter", None))
+    options = d
+    if val_path and val_fraction > 0:
+        raise DataError("data spec: give val_path or val_fraction, not both")
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"data spec: val_fraction must be in [0, 1), got {val_fraction}")
+
+    if streaming:
+        if val_fraction > 0:
+            raise DataError("data spec: a streamed dataset cannot be split; give val_path instead of val_fraction")
+        if cache:
+            raise DataError("data spec: cache applies to map-style data, not to streaming: true")
+        fmt = fmt or stream_format(path)
+        options.setdefault("seed", seed)
+        train = stream_dataset(path, fmt, filter=predicate, **options)
+        val = None
+        if val_path:
+            val = stream_dataset(val_path, fmt, filter=predicate, **{**options, "shuffle": False})
+        return train, val
+
+    if predicate is not None:
+        options["filter"] = predicate
+    if "random_windows" in options:
+        options.setdefault("seed", seed)  # random token windows follow the run's seed
+    train = load_dataset(path, fmt, **options)
+    if val_path:
+        val = load_dataset(val_path, fmt, **options)
+    elif val_fraction > 0:
+        train, val = split(train, val_fraction, seed)
+    else:
+        val = None
+    if cache:
+        train = CachedDataset(train, int(cache))
+        val = CachedDataset(val, int(cache)) if val is not None else None
+    return train, val
+
+
+def stream_format(path: Any) -> str:
+    """The format of a streamed path or glob from its extension (``shards/*.bin`` -> bin)."""
+    text = str(path[0] if isinstance(path, (list, tuple)) and path else path)
+    for ext, fmt in EXTENSIONS.items():
+        if text.lower().endswith(ext) and fmt in ("jsonl", "bin"):
+            return fmt
+    raise DataError(f"data spec: cannot tell the stream format of {text!r}; give format: jsonl or format: bin")
+
+
+def resolve_callable(ref: Any) -> Callable | None:
+    """A callable, or "module:name" imported (like the config's model: field)."""
+    if ref is None or callable(ref):
+        return ref
+    module, _, name = str(ref).partition(":")
+    if not module or not name:
+        raise DataError(f"data spec: filter {ref!r} must be 'module:callable'")
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise DataError(f"data spec: cannot import filter {ref!r} ({e})") from None
+    if not callable(obj):
+        raise DataError(f"data spec: filter {ref!r} is not callable")
+    return obj
