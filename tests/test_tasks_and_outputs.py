@@ -171,3 +171,17 @@ def test_gate_failure_is_recorded(tmp_path):
     assert result.gate_passed is False and data["gate_passed"] is False
     assert "budget ended before the gate passed: val/accuracy" in data["gate_failure_reason"]
     assert set(data["gate_values"]) == {"val/accuracy"}
+
+
+def test_filter_and_cache_counts_reach_metrics_and_summary(tmp_path):
+    from trainforge.data import CachedDataset, FilteredDataset
+    from trainforge.data.loader import TensorData
+    x, y = tiny_data(n=64)
+    base = TensorData(x, y)
+    data = CachedDataset(FilteredDataset(base, lambda sample: int(sample[1]) != 0), capacity=8)
+    dropped = int((y == 0).sum())
+    result = Trainer(tiny_mlp(), cfg_for(tmp_path, log={"every_steps": 2})).fit(data)
+    assert result.summary["data"]["data/dropped"] == dropped
+    assert result.summary["data"]["cache/misses"] > 0
+    train = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    assert "cache/hits" in train[0] and train[0]["data/dropped"] == dropped

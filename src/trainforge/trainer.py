@@ -637,11 +637,17 @@ class Trainer:
         if self.cfg.log.memory and self.cfg.log.level != "minimal":
             from .callbacks.monitors import memory_stats
             record.update(memory_stats())
+        record.update(self._data_stats())
         if not weights_finite(self.model):
             self._handle_non_finite(values[-1], float("nan"))
         self.state.metrics.update(record)
         self.state.record("lr", steps[-1], self.lr)
         self._log("train", record)
+
+    def _data_stats(self) -> dict[str, float]:
+        """Counters of a cache or quality filter around the training data (hits, drops), if any."""
+        stats = getattr(getattr(self.train_loader, "dataset", None), "stats", None)
+        return dict(stats()) if callable(stats) else {}
 
     def _log(self, kind: str, values: dict[str, Any]) -> None:
         c = self.state.counters
@@ -667,6 +673,7 @@ class Trainer:
         return {"steps": c.step, "epochs_completed": c.epoch, "samples_seen": c.samples_seen,
                 "tokens_seen": c.tokens_seen, "weight_version": c.weight_version, "skipped_steps": c.skipped_steps,
                 "skipped_batches": c.skipped_batches, "rollbacks": c.rollbacks, "best": dict(self.state.best),
+                "data": self._data_stats(),
                 "final": {k: v for k, v in self.state.metrics.items() if "/" in k or k == "lr"}}
 
     def _write_result(self, error: BaseException | None = None) -> None:

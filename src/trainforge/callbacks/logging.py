@@ -19,7 +19,7 @@ from ..metrics import json_safe
 LEVEL_KEYS = {
     # what a train record carries at each level (validation and epoch records are always whole)
     "minimal": ("train/loss", "lr"),
-    "standard": ("train/loss", "lr", "grad/norm", "throughput/", "time/step", "weight_version", "memory/"),
+    "standard": ("train/loss", "lr", "grad/norm", "throughput/", "time/step", "weight_version", "memory/", "cache/", "data/"),
     "verbose": None,  # everything
 }
 

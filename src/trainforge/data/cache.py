@@ -95,7 +95,8 @@ class CachedDataset(Dataset):
     def stats(self) -> dict[str, float]:
         c = self.counters.totals()
         looked_up = c["hits"] + c["misses"]
-        return {"cache/hits": c["hits"], "cache/misses": c["misses"], "cache/evictions": c["evictions"],
+        inner = getattr(self.dataset, "stats", None)  # a wrapped filter's counts travel up
+        return {**(inner() if callable(inner) else {}), "cache/hits": c["hits"], "cache/misses": c["misses"], "cache/evictions": c["evictions"],
                 "cache/hit_rate": c["hits"] / looked_up if looked_up else 0.0}
 
     def reset_stats(self) -> None:
