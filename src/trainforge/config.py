@@ -219,12 +219,21 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         else:
             raise ConfigError(f"config file {p}: unknown extension {p.suffix!r} (use .yaml, .yml, .toml or .json)")
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"config file {p} is not valid {p.suffix[1:].upper()}: {e}") from None
+        raise ConfigError(f"config file {p} is not valid {p.suffix[1:].upper()}: {_one_line(e)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of keys, not a {type(data).__name__}")
     return data
+
+
+def _one_line(e: Exception) -> str:
+    """A parser error as one line: its problem and where (YAML's own message spans several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(e).split())
 
 
 def parse_value(text: str) -> Any:
