@@ -21,6 +21,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/checkpoint.py
+	$(BIN)/python bench/data.py
+	$(BIN)/python bench/char_lm.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
