@@ -231,6 +231,7 @@ class Trainer:
                 self._fire(Event.BATCH_START)
             except SkipBatch:
                 c.skipped_batches += 1
+                waited = time.perf_counter()
                 continue
             loss = self._forward_backward(batch, accumulate)
             group_loss = loss if group_loss is None else group_loss + loss

@@ -20,6 +20,7 @@ class ProgressBar(Callback):
         self.bar: tqdm | None = None
 
     def on_epoch_start(self, trainer: "Trainer") -> None:
+        self._close()  # a rollback restarts an epoch without ending the last one
         c = trainer.state.counters
         total = trainer.batches_per_epoch
         epochs = f"/{trainer.cfg.max_epochs}" if trainer.cfg.max_epochs else ""
