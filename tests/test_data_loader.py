@@ -148,3 +148,19 @@ def test_split_refuses_a_stream(tmp_path):
     p.write_text('{"a": 1}\n{"a": 2}\n')
     with pytest.raises(ValueError, match="map-style"):
         split(stream_dataset(p), 0.5)
+
+
+def test_tensor_fast_path_gives_the_dataloader_batches():
+    """In-memory tensors without workers skip the DataLoader; the batches must be the same ones."""
+    from trainforge.data.loader import TensorLoader
+    x, y = torch.randn(50, 3), torch.arange(50)
+    fast = make_loader((x, y), batch_size=8, seed=4, pin_memory=False)
+    slow = make_loader((x, y), batch_size=8, seed=4, num_workers=1, pin_memory=False)
+    assert isinstance(fast, TensorLoader) and not isinstance(slow, TensorLoader)
+    for epoch, skip in [(0, 0), (3, 2), (1, 6)]:
+        prepare_epoch(fast, 4, epoch, skip)
+        prepare_epoch(slow, 4, epoch, skip)
+        a, b = list(fast), list(slow)
+        assert len(a) == len(b) == len(fast) == len(slow)
+        for (xa, ya), (xb, yb) in zip(a, b):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)

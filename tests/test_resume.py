@@ -73,6 +73,7 @@ def test_preempted_and_resumed_run_is_bit_identical(tmp_path, fields):
         assert torch.equal(ref[k], got[k]), k
     assert result.history["train/loss"] == ref_result.history["train/loss"]
     assert result.history.get("val/loss") == ref_result.history.get("val/loss")
+    assert result.history["train/epoch_loss"] == ref_result.history["train/epoch_loss"]
 
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys):

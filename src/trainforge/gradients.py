@@ -54,7 +54,12 @@ def is_finite(*values: torch.Tensor) -> bool:
 
 
 def weights_finite(model: nn.Module) -> bool:
-    return is_finite(*[p.detach() for p in model.parameters()])
+    """One fused pass: the sum of per-tensor norms is finite only if every weight is."""
+    params = [p.detach() for p in model.parameters()]
+    if not params:
+        return True
+    norms = torch._foreach_norm(params, 2.0)
+    return bool(torch.isfinite(torch.stack([n.to(params[0].device, torch.float32) for n in norms]).sum()))
 
 
 def non_finite_message(step: int, loss: float, norm: float, policy: str) -> str:

@@ -58,20 +58,17 @@ class IntervalMeter:
 
 @dataclass
 class EpochMeter:
-    """Sum of step losses over an epoch, as a tensor until the epoch ends."""
+    """Epoch time and mean step loss. The per-step losses already reach the history at each log
+    flush, so the mean is read from there at the epoch's end (no per-step tensor work)."""
 
-    loss_sum: torch.Tensor | None = None
-    n: int = 0
+    start_step: int = 0  # the optimizer step the epoch began at (counted in TrainState, so resumable)
     started: float = field(default_factory=time.perf_counter)
 
-    def add(self, loss: torch.Tensor) -> None:
-        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
-        self.n += 1
-
-    def summary(self) -> dict[str, float]:
+    def summary(self, curve: dict[str, list]) -> dict[str, float]:
         out = {"time/epoch": time.perf_counter() - self.started}
-        if self.n:
-            out["train/epoch_loss"] = float(self.loss_sum) / self.n  # type: ignore[arg-type]
+        epoch_losses = [v for s, v in zip(curve["step"], curve["value"]) if s > self.start_step]
+        if epoch_losses:
+            out["train/epoch_loss"] = sum(epoch_losses) / len(epoch_losses)
         return out
 
 

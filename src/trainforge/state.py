@@ -90,6 +90,7 @@ class Counters:
     skipped_batches: int = 0
     rollbacks: int = 0
     last_val_step: int = -1
+    epoch_start_step: int = 0  # optimizer step at which the current epoch began (for its mean loss)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from .callbacks.control import EarlyStopping, Gate
 from .callbacks.logging import RunLogger, build_sinks
 from .callbacks.progress import ProgressBar
 from .config import ConfigError, TrainConfig
-from .data.loader import as_dataset, make_loader, prepare_epoch
+from .data.loader import TensorLoader, as_dataset, make_loader, prepare_epoch
 from .events import Callback, Event, SkipBatch, StopTraining, overrides
 from .gradients import NonFiniteError, clip_gradients, grad_extremes, is_finite, non_finite_message, weights_finite
 from .metrics import EpochMeter, IntervalMeter, update_best, write_result
@@ -214,7 +214,9 @@ class Trainer:
         batches = self._epoch_batches(c.epoch, c.batch_in_epoch)
         self._fire(Event.EPOCH_START)
         self.model.train()
-        self._epoch_meter = EpochMeter()
+        if c.batch_in_epoch == 0:
+            c.epoch_start_step = c.step
+        self._epoch_meter = EpochMeter(start_step=c.epoch_start_step)
         accumulate, micro, consumed, group_loss = self.cfg.grad.accumulate, 0, 0, None
         waited = time.perf_counter()
         for batch in batches:
@@ -237,7 +239,7 @@ class Trainer:
             group_loss = loss if group_loss is None else group_loss + loss
             micro += 1
             if micro == accumulate:
-                self._optimizer_step(group_loss / accumulate)
+                self._optimizer_step(group_loss if accumulate == 1 else group_loss / accumulate)
                 micro, group_loss = 0, None
             self._fire(Event.BATCH_END)
             if micro == 0 and self._at_step_boundary():
@@ -254,7 +256,7 @@ class Trainer:
         if (self._validation_enabled() and self._is_due(self.cfg.validation.every_epochs, c.epoch + 1)
                 and c.last_val_step != c.step):
             self._validate_and_record(mid_epoch=False)
-        summary = self._epoch_meter.summary()
+        summary = self._epoch_meter.summary(self.state.history.get("train/loss", {"step": [], "value": []}))
         self.state.metrics.update(summary)
         for name, value in summary.items():
             self.state.record(name, c.step, value)
@@ -283,7 +285,8 @@ class Trainer:
     def _forward_backward(self, batch: Any, divisor: int) -> torch.Tensor:
         with self.autocast():
             out = self.task.train_step(self.forward_model, batch)
-        self.scaler.scale(out.loss / divisor).backward()
+        loss = out.loss if divisor == 1 else out.loss / divisor  # x / 1 == x: skip the kernel
+        self.scaler.scale(loss).backward()
         self._interval.add_batch(out.samples, out.tokens)
         self.state.counters.samples_seen += out.samples
         self.state.counters.tokens_seen += out.tokens
@@ -299,7 +302,7 @@ class Trainer:
         if logged and self.cfg.log.level == "verbose":
             self._grad_extremes = grad_extremes(params)
         # One host sync per step: NaN/inf in either propagates through the sum (norm >= 0).
-        if not bool(torch.isfinite(loss.float() + norm.to(loss.device, torch.float32))):
+        if not math.isfinite(float(loss + norm.to(loss.device))):
             if self.scaler.is_enabled() and is_finite(loss):
                 self.scaler.step(self.optimizer)  # fp16 overflow: the scaler skips and lowers its scale
                 self.scaler.update()
@@ -316,7 +319,6 @@ class Trainer:
         c.weight_version += 1
         self._grad_norm = norm
         self._interval.add_step(c.step, loss)
-        self._epoch_meter.add(loss)
         self._fire(Event.AFTER_OPTIMIZER_STEP)
 
     def step(self, batch: Any) -> dict[str, float]:
@@ -489,6 +491,7 @@ class Trainer:
         self.schedule = build_schedule(cfg.schedule, self._total_steps())
         self._interval, self._epoch_meter = IntervalMeter(), EpochMeter()
         self._grad_norm: torch.Tensor | None = None
+        self._last_health_check, self._memory = -math.inf, {}
         self._grad_extremes: tuple[torch.Tensor, torch.Tensor] | None = None
         self._install_default_callbacks()
         if cfg.checkpoint.enabled:
@@ -520,7 +523,7 @@ class Trainer:
         self._refresh_dispatch()
 
     def _as_loader(self, data: Any, *, train: bool) -> DataLoader:
-        if isinstance(data, DataLoader):
+        if isinstance(data, (DataLoader, TensorLoader)):
             return data
         dataset = as_dataset(data)
         if train:
@@ -635,12 +638,18 @@ class Trainer:
             record["grad/norm"] = float(self._grad_norm)
         if verbose and self._grad_extremes is not None:
             record["grad/max"], record["grad/min"] = (float(t) for t in self._grad_extremes)
-        if self.cfg.log.memory and self.cfg.log.level != "minimal":
-            from .callbacks.monitors import memory_stats
-            record.update(memory_stats())
         record.update(self._data_stats())
-        if not weights_finite(self.model):
-            self._handle_non_finite(values[-1], float("nan"))
+        # Memory and a pass over all weights at most once a second: at a tiny model's log rate they
+        # would cost more than its steps. (Before every checkpoint the weights are checked anyway.)
+        now = time.monotonic()
+        if now - self._last_health_check >= 1.0 or steps[-1] <= self.cfg.log.every_steps:
+            self._last_health_check = now
+            if self.cfg.log.memory and self.cfg.log.level != "minimal":
+                from .callbacks.monitors import memory_stats
+                self._memory = memory_stats()
+            if not weights_finite(self.model):
+                self._handle_non_finite(values[-1], float("nan"))
+        record.update(self._memory)
         self.state.metrics.update(record)
         self.state.record("lr", steps[-1], self.lr)
         self._log("train", record)

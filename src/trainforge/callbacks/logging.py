@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,23 @@ LEVEL_KEYS = {
 }
 
 
+_ALWAYS = frozenset({"kind", "step", "epoch", "time"})
+_KEPT: dict[tuple[str, str], bool] = {}  # (level, key) -> kept; records repeat the same few keys
+
+
+def _kept(level: str, key: str) -> bool:
+    hit = _KEPT.get((level, key))
+    if hit is None:
+        keys = LEVEL_KEYS[level] or ()
+        hit = key in _ALWAYS or any(key == p or (p.endswith("/") and key.startswith(p)) for p in keys)
+        _KEPT[(level, key)] = hit
+    return hit
+
+
 def filter_for_level(record: dict[str, Any], level: str) -> dict[str, Any]:
-    keys = LEVEL_KEYS[level]
-    if keys is None or record.get("kind") != "train":
+    if LEVEL_KEYS[level] is None or record.get("kind") != "train":
         return record
-    base = {k: record[k] for k in ("kind", "step", "epoch", "time") if k in record}
-    base.update({k: v for k, v in record.items() if any(k == p or (p.endswith("/") and k.startswith(p)) for p in keys)})
-    return base
+    return {k: v for k, v in record.items() if _kept(level, k)}
 
 
 def fmt(value: Any) -> str:
@@ -42,15 +53,22 @@ def fmt(value: Any) -> str:
 
 
 class JsonlSink:
-    """``metrics.jsonl``: appended (a resumed run continues the file), flushed per record so a
-    killed run keeps everything it logged."""
+    """``metrics.jsonl``: appended (a resumed run continues the file). Flushed at every validation
+    and epoch record and at least once a second, so a killed run loses at most a second of steps
+    (which its checkpoint's history holds anyway) without a write syscall per log step."""
+
+    FLUSH_SECS = 1.0
 
     def open(self, run_dir: Path, config: dict) -> None:
         self._fh = open(Path(run_dir) / "metrics.jsonl", "a", encoding="utf-8")
+        self._flushed = time.monotonic()
 
     def write(self, record: dict[str, Any]) -> None:
         self._fh.write(json.dumps(json_safe(record)) + "\n")
-        self._fh.flush()
+        now = time.monotonic()
+        if record.get("kind") != "train" or now - self._flushed >= self.FLUSH_SECS:
+            self._fh.flush()
+            self._flushed = now
 
     def close(self) -> None:
         if getattr(self, "_fh", None):

@@ -49,7 +49,8 @@ class ProgressBar(Callback):
 
     def write(self, record: dict[str, Any]) -> None:
         if self.bar is not None and record.get("kind") == "train" and "train/loss" in record:
-            self.bar.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{record.get('lr', 0):.2e}", refresh=False)
+            # The string tqdm's set_postfix would build, without its formatting machinery per log.
+            self.bar.postfix = f"loss={record['train/loss']:.4f}, lr={record.get('lr', 0):.2e}"
 
     def close(self) -> None:
         self._close()

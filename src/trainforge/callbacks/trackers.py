@@ -80,6 +80,7 @@ class CsvSink:
         self._columns: list[str] = []
         self._file: Any = None
         self._writer: Any = None
+        self._flushed = 0.0
 
     def open(self, run_dir: Path, config: dict[str, Any] | None = None) -> None:
         self.path = Path(run_dir) / self.filename
@@ -95,7 +96,11 @@ class CsvSink:
             self._columns += new
             self._rewrite(self._rows())
         self._writer.writerow([_cell(record.get(column)) for column in self._columns])
-        self._file.flush()  # a crashed run keeps every row written so far
+        # A crashed run keeps every row but at most the last second's (which its checkpoint holds).
+        now = time.monotonic()
+        if record.get("kind") != "train" or now - self._flushed >= 1.0:
+            self._file.flush()
+            self._flushed = now
 
     def close(self) -> None:
         if self._file is not None:

@@ -210,10 +210,35 @@ def make_loader(
         return DataLoader(dataset, batch_size=batch_size, drop_last=pick(drop_last, "drop_last", False), **common)
     sampler = ResumableSampler(len(dataset), batch_size=batch_size, shuffle=pick(shuffle, "shuffle", True),
                                seed=seed, drop_last=pick(drop_last, "drop_last", False))
+    if type(dataset) is TensorData and num_workers == 0 and not pin_memory:
+        return TensorLoader(dataset, sampler, generator)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=sampler.drop_last, **common)
 
 
-def prepare_epoch(loader: DataLoader, seed: int, epoch: int, skip_batches: int = 0) -> bool:
+class TensorLoader:
+    """In-memory tensors without workers: the same batches, in the same order, as the DataLoader
+    (same ResumableSampler), but one slice and one index per tensor per batch — a DataLoader's
+    fetch machinery costs as much as a tiny model's whole step."""
+
+    def __init__(self, dataset: TensorData, sampler: ResumableSampler, generator: torch.Generator):
+        self.dataset, self.sampler, self.generator = dataset, sampler, generator
+        self.batch_size = sampler.batch_size
+        self.num_workers, self.pin_memory = 0, False
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        s = self.sampler
+        start, stop = s._bounds()
+        order = s.order(s.epoch)[start:stop]
+        tensors = self.dataset.tensors
+        for i in range(0, len(order), s.batch_size):
+            index = order[i:i + s.batch_size]
+            yield tuple(t[index] for t in tensors)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+
+def prepare_epoch(loader: "DataLoader | TensorLoader", seed: int, epoch: int, skip_batches: int = 0) -> bool:
     """Position ``loader`` at (epoch, skip_batches). Returns False when it cannot skip by index
     (a plain sampler or an iterable dataset): the caller then skips by iterating."""
     if loader.generator is not None:
