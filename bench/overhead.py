@@ -91,7 +91,7 @@ def lm_case():
     def loss(m, a, b):
         logits = m(a)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b.reshape(-1))
-    return ("small transformer LM (4x128, ctx 64, batch 12)", model, tokens[:, :-1], tokens[:, 1:], 60, 12, 1e-3,
+    return ("small transformer LM (4x128, ctx 64, batch 12)", model, tokens[:, :-1], tokens[:, 1:], 150, 12, 1e-3,
             "language_model", loss)
 
 

@@ -103,3 +103,27 @@ def test_with_the_resumable_loader():
     batches = list(make_loader(ds, batch_size=16, seed=0))
     assert len(batches) == 4
     assert batches[0].shape == (16, 11) and batches[0].dtype == torch.int64
+
+
+@pytest.mark.parametrize("kind", ["numpy", "memmap", "torch", "list"])
+@pytest.mark.parametrize("random_windows", [None, 7])
+def test_batched_fetch_equals_stacked_items(tmp_path, kind, random_windows):
+    """__getitems__ (one gather per batch) must give exactly the stacked per-item windows."""
+    import numpy as np
+    import torch
+    from trainforge.data.loader import collate
+    from trainforge.data.tokens import TokenWindowDataset
+    raw = (np.arange(300) * 7 % 251).astype(np.uint16)
+    if kind == "memmap":
+        raw.tofile(tmp_path / "t.bin")
+        tokens = np.memmap(tmp_path / "t.bin", dtype=np.uint16, mode="r")
+    else:
+        tokens = {"numpy": raw, "torch": torch.from_numpy(raw.astype(np.int64)), "list": raw.tolist()}[kind]
+    ds = TokenWindowDataset(tokens, 16, stride=5, random_windows=random_windows, seed=3)
+    ds.set_epoch(2)
+    idx = [0, 3, len(ds) - 1, 2, -1]
+    got = collate(ds.__getitems__(idx))
+    want = torch.stack([ds[i] for i in idx])
+    assert got.dtype == torch.int64 and torch.equal(got, want)
+    with pytest.raises(IndexError):
+        ds.__getitems__([len(ds)])

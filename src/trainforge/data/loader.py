@@ -91,17 +91,22 @@ class TensorData(TensorDataset):
 
     def __getitems__(self, indices: list[int]) -> "Batched":
         index = torch.as_tensor(indices, dtype=torch.long)
-        return Batched(t[index] for t in self.tensors)
+        return Batched(tuple(t[index] for t in self.tensors))
 
 
-class Batched(tuple):
-    """Samples already stacked into a batch: ``collate`` passes it through as a plain tuple."""
+class Batched:
+    """A batch a dataset's ``__getitems__`` already assembled: ``collate`` passes ``value`` through."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
 
 
 def collate(batch: Sequence[Any]) -> Any:
     """Stack a list of samples: tensors, numbers, numpy arrays, dicts and tuples of them (nested)."""
     if isinstance(batch, Batched):
-        return tuple(batch)
+        return batch.value
     if not batch:
         raise ValueError("collate: empty batch")
     first = batch[0]
