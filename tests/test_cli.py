@@ -145,3 +145,30 @@ def test_graph_walks_tiny_end_to_end_as_a_subprocess(tmp_path):
     again = subprocess.run([sys.executable, "-m", "trainforge.cli", "resume", str(run_dir)], capture_output=True,
                            text=True, env=env, timeout=300)
     assert again.returncode == 0 and "already finished" in again.stderr
+
+
+@pytest.mark.slow
+def test_digits_recipe_reaches_097_through_the_cli(capsys, tmp_path):
+    cfg = HERE.parent / "configs" / "digits.yaml"
+    code, _, err = run_cli(capsys, "train", cfg, "--run-dir", tmp_path / "digits", "--set", "log.progress=false")
+    assert code == 0, err
+    result = json.loads((tmp_path / "digits" / "result.json").read_text())
+    assert result["summary"]["best"]["val/accuracy"] >= 0.97
+    assert result["gate_passed"] is True
+
+
+def test_sample_prints_text_from_a_char_lm_run(capsys, tmp_path):
+    text = tmp_path / "tiny.txt"
+    text.write_text("ROMEO: but soft, what light through yonder window breaks?\n" * 40)
+    run_dir = tmp_path / "clm"
+    code, _, err = run_cli(capsys, "demo", "char_lm", "--run-dir", run_dir, "--set", f"recipe_args.path={text}",
+                           "--set", "max_steps=30", "--set", "recipe_args.n_layer=1", "--set", "recipe_args.n_embd=32",
+                           "--set", "recipe_args.val_windows=24", "--set", "validation.every_steps=15",
+                           "--set", "checkpoint.every_steps=15", "--set", "log.progress=false")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "sample", run_dir, "--prompt", "ROMEO:", "--tokens", "40")
+    assert code == 0, err
+    assert out.startswith("ROMEO:") and len(out.rstrip("\n")) >= len("ROMEO:") + 40 - 1
+    assert set(out) <= set(text.read_text()) | {"\n"}
+    code, _, err = run_cli(capsys, "sample", run_dir, "--prompt", "ROMEO: zzz")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
