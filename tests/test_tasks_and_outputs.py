@@ -185,3 +185,17 @@ def test_filter_and_cache_counts_reach_metrics_and_summary(tmp_path):
     assert result.summary["data"]["cache/misses"] > 0
     train = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
     assert "cache/hits" in train[0] and train[0]["data/dropped"] == dropped
+
+
+def test_interval_rates_exclude_validation_and_checkpoint_time(monkeypatch):
+    from trainforge import metrics
+    clock = iter([100.0, 110.0])  # started at 100, flushed at 110
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+    meter = metrics.IntervalMeter()
+    for step in range(5):
+        meter.add_batch(samples=8, tokens=0)
+        meter.add_step(step + 1, torch.tensor(1.0))
+    meter.excluded = 6.0  # e.g. a validation inside the interval
+    _, _, rates = meter.flush()
+    assert rates["throughput/samples_per_s"] == pytest.approx(40 / 4.0)
+    assert rates["time/step"] == pytest.approx(4.0 / 5)

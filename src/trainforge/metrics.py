@@ -27,6 +27,7 @@ class IntervalMeter:
     samples: int = 0
     tokens: int = 0
     data_wait: float = 0.0
+    excluded: float = 0.0  # validation and checkpoint time inside the interval: not training time
     started: float = field(default_factory=time.perf_counter)
 
     def add_step(self, step: int, loss: torch.Tensor) -> None:
@@ -40,7 +41,7 @@ class IntervalMeter:
 
     def flush(self) -> tuple[list[int], list[float], dict[str, float]]:
         """(steps, per-step losses, rates) for the interval; resets the meter."""
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        elapsed = max(time.perf_counter() - self.started - self.excluded, 1e-9)
         values = torch.stack(self.losses).float().tolist() if self.losses else []
         n_steps = max(len(self.steps), 1)
         rates = {

@@ -398,10 +398,12 @@ class Trainer:
 
     def _validate_and_record(self, mid_epoch: bool) -> None:
         c = self.state.counters
+        started = time.perf_counter()
         self._fire(Event.VALIDATION_START)
         self._pending_validation = True
         metrics = self.validate()
         self._pending_validation = False
+        self._interval.excluded += time.perf_counter() - started
         c.last_val_step = c.step
         self.state.metrics.update(metrics)
         update_best(self.state.best, metrics)
@@ -423,6 +425,7 @@ class Trainer:
             return None
         c = self.state.counters
         self._flush_interval(log=False)  # per-step losses since the last log belong in the saved history
+        started = time.perf_counter()
         previous = self.lifecycle.to(Phase.CHECKPOINTING)
         try:
             payload = build_payload(self)
@@ -431,6 +434,7 @@ class Trainer:
             self.last_checkpoint = str(path)
         finally:
             self.lifecycle.to(previous)
+            self._interval.excluded += time.perf_counter() - started
         self._fire(Event.CHECKPOINT)
         return self.last_checkpoint
 
