@@ -189,9 +189,9 @@ def test_filter_and_cache_counts_reach_metrics_and_summary(tmp_path):
 
 def test_interval_rates_exclude_validation_and_checkpoint_time(monkeypatch):
     from trainforge import metrics
-    clock = iter([100.0, 110.0])  # started at 100, flushed at 110
-    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
     meter = metrics.IntervalMeter()
+    meter.started = 100.0
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: 110.0)  # flushed 10 s later
     for step in range(5):
         meter.add_batch(samples=8, tokens=0)
         meter.add_step(step + 1, torch.tensor(1.0))
