@@ -199,3 +199,20 @@ def test_interval_rates_exclude_validation_and_checkpoint_time(monkeypatch):
     _, _, rates = meter.flush()
     assert rates["throughput/samples_per_s"] == pytest.approx(40 / 4.0)
     assert rates["time/step"] == pytest.approx(4.0 / 5)
+
+
+def test_fit_takes_a_data_spec_directly_or_from_the_config(tmp_path):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    spec = {"path": str(tmp_path / "d.npz"), "val_fraction": 0.25}
+    result = Trainer(tiny_mlp(), cfg_for(tmp_path)).fit(spec)
+    assert result.summary["samples_seen"] == 30 and "val/accuracy" in result.history
+    result = Trainer(tiny_mlp(), cfg_for(tmp_path, data=spec)).fit()
+    assert result.summary["samples_seen"] == 30
+    with pytest.raises(ValueError, match="needs training data"):
+        Trainer(tiny_mlp(), cfg_for(tmp_path)).fit()
+    from trainforge.data import DataError
+    with pytest.raises(DataError, match="nope.npz"):
+        Trainer(tiny_mlp(), cfg_for(tmp_path)).fit({"path": str(tmp_path / "nope.npz")})

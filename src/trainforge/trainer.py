@@ -168,10 +168,13 @@ class Trainer:
         self._refresh_dispatch()
 
     # ------------------------------------------------------------------ fit
-    def fit(self, train_data: Any, val_data: Any = None, *, resume_from: str | Path | None = None) -> FitResult:
+    def fit(self, train_data: Any = None, val_data: Any = None, *, resume_from: str | Path | None = None) -> FitResult:
+        """Train. ``train_data`` may also be a data spec ``{"path": ..., "format": ..., ...}`` (its
+        validation part is used when ``val_data`` is None), or None to use the config's ``data`` spec."""
         self.lifecycle.to(Phase.INITIALIZING)
         self._stop_reason, self._pin_final, self._preempt_signal = None, False, None
         try:
+            train_data, val_data = self._data_from_spec(train_data, val_data)
             self._setup_run(train_data, val_data)
             if resume_from is not None and self._restore_for_resume(resume_from):
                 return self._already_finished()
@@ -261,7 +264,7 @@ class Trainer:
         for name, value in summary.items():
             self.state.record(name, c.step, value)
         self._fire(Event.EPOCH_END)
-        self._log("epoch", {**summary, **{k: v for k, v in self.state.metrics.items() if k.startswith(("val/", "eval/"))}})
+        self._log("epoch", summary)
         c.epoch += 1
         c.batch_in_epoch = 0
         if (self.checkpoints is not None and self._stop_reason is None and not self._budget_reached()
@@ -508,6 +511,17 @@ class Trainer:
         self.logger = RunLogger(build_sinks(cfg, progress), cfg.log.level)
         self.logger.open(run_dir, cfg.to_dict())
         self._apply_lr()
+
+    def _data_from_spec(self, train_data: Any, val_data: Any) -> tuple[Any, Any]:
+        from .config import DataSpec
+        spec = train_data if train_data is not None else self.cfg.data
+        if isinstance(spec, DataSpec) or (isinstance(spec, dict) and "path" in spec):
+            from .data.spec import build_data
+            train_data, spec_val = build_data(spec, seed=self.cfg.seed)
+            return train_data, val_data if val_data is not None else spec_val
+        if train_data is None:
+            raise ValueError("fit() needs training data: pass it, or set `data` in the config to a data spec")
+        return train_data, val_data
 
     def _install_default_callbacks(self) -> None:
         cfg = self.cfg

@@ -84,6 +84,7 @@ class ConsoleSink:
         self.level = level
         self.max_epochs = max_epochs
         self.progress = progress
+        self._epoch_val: dict[str, Any] = {}
 
     def open(self, run_dir: Path, config: dict) -> None:
         pass
@@ -94,13 +95,17 @@ class ConsoleSink:
             self._print(f"step {record['step']}", record)
         elif kind == "val" and record.get("mid_epoch"):
             self._print(f"step {record['step']} validation", record)
+        elif kind == "val":
+            self._epoch_val = record  # shown on the epoch's summary line
         elif kind == "epoch":
             total = f"/{self.max_epochs}" if self.max_epochs else ""
-            rest = {k: v for k, v in record.items() if k not in ("train/epoch_loss", "time/epoch")}
             head = f"epoch {record['epoch'] + 1}{total} · step {record['step']}"
             if "train/epoch_loss" in record:
                 head += f" · loss {fmt(record['train/epoch_loss'])}"
-            self._print(head, rest, tail=f"{record.get('time/epoch', 0):.1f}s")
+            rest = {k: v for k, v in self._epoch_val.items() if "/" in k}
+            self._epoch_val = {}
+            seconds = record.get("time/epoch", 0.0)
+            self._print(head, rest, tail=f"{seconds:.1f}s" if seconds >= 10 else f"{seconds:.2f}s")
 
     def _print(self, head: str, record: dict[str, Any], tail: str = "") -> None:
         skip = {"kind", "step", "epoch", "time", "mid_epoch"}

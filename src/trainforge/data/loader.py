@@ -175,7 +175,8 @@ def as_dataset(data: Any) -> Dataset | IterableDataset:
             raise ValueError(f"tensors must have the same first dimension, got lengths {[len(t) for t in tensors]}")
         return TensorData(*tensors)
     raise TypeError(
-        f"cannot train on a {type(data).__name__}: pass a Dataset, a DataLoader, a tensor, or a tuple of tensors"
+        f"cannot train on a {type(data).__name__}: pass a Dataset, a DataLoader, a tensor, a tuple of tensors, "
+        "or a data spec {'path': ..., 'format': ...}"
     )
 
 
