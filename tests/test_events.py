@@ -1,6 +1,5 @@
 """Callbacks fire in the documented order, can be added/removed mid-run, and can stop the run."""
 
-import pytest
 
 from helpers import quiet_cfg, tiny_data, tiny_mlp
 from trainforge import Callback, Event, StopTraining, TrainConfig, Trainer

@@ -1,8 +1,6 @@
 """Exact resume in process: mid-epoch, with accumulation, dropout, workers, validation and async saves;
 compatibility checks; corrupt-checkpoint fallback; rollback on NaN."""
 
-import json
-import shutil
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """Bad steps and odd data: NaN under skip and halt, empty data, no validation, non-finite weights."""
 
 import json
-import warnings
 
 import pytest
 import torch

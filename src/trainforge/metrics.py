@@ -110,3 +110,12 @@ def json_safe(value: Any) -> Any:
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(json_safe(result), indent=1))
+
+
+def run_summary(state: Any, data_stats: dict[str, float]) -> dict[str, Any]:
+    """The ``summary`` block of result.json from a TrainState."""
+    c = state.counters
+    return {"steps": c.step, "epochs_completed": c.epoch, "samples_seen": c.samples_seen,
+            "tokens_seen": c.tokens_seen, "weight_version": c.weight_version, "skipped_steps": c.skipped_steps,
+            "skipped_batches": c.skipped_batches, "rollbacks": c.rollbacks, "best": dict(state.best),
+            "data": data_stats, "final": {k: v for k, v in state.metrics.items() if "/" in k or k == "lr"}}

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .checkpoint import CheckpointError
-from .config import TrainConfig
 from .optim.schedules import ReduceOnPlateau
 from .state import capture_rng, restore_rng
 
@@ -153,3 +152,35 @@ def rollback(trainer: "Trainer", message: str) -> None:
     trainer._apply_lr()
     warnings.warn(f"{message}: rolled back to {info.name} (step {info.step}), lr x{trainer.cfg.grad.rollback_lr_factor}, "
                   f"skipping {len(bad)} batch(es); rollback {rollbacks}/{trainer.cfg.grad.max_rollbacks}", stacklevel=3)
+
+
+def resume(trainer: "Trainer", resume_from: str | Path) -> bool:
+    """Load a checkpoint into ``trainer`` (phase RESTORING). True when that run had already
+    finished (a gate, an early stop, its budget), so there is nothing to do; a run stopped by its
+    budget goes on when the budget was raised."""
+    from .state import Phase
+    found = find_checkpoint(trainer, resume_from)
+    if found is None:
+        print(f"trainforge: no checkpoint in {Path(trainer.cfg.run_dir) / 'checkpoints'}; starting fresh",
+              file=sys.stderr)
+        return False
+    trainer.lifecycle.to(Phase.RESTORING)
+    restore_payload(trainer, found)
+    reason = trainer.state.stopped_reason
+    if reason is None or reason == "preempted" or reason.startswith("error"):
+        return False
+    if reason.startswith(("max_steps", "max_epochs")) and not trainer._budget_reached():
+        trainer.state.stopped_reason = None  # the budget was raised: train on
+        return False
+    return True
+
+
+def save_on_preemption(trainer: "Trainer") -> None:
+    """The SIGTERM/SIGINT checkpoint, of the state at the last step boundary."""
+    trainer.state.stopped_reason = "preempted"
+    if trainer._rng_before_validation is not None:
+        restore_rng(trainer._rng_before_validation)  # interrupted mid-validation: the boundary's streams
+    if trainer.checkpoints is not None:
+        trainer.checkpoints.wait()
+        trainer.save_checkpoint()
+        trainer.checkpoints.wait()

@@ -15,23 +15,25 @@ import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from . import signals
-from .callbacks.control import EarlyStopping, Gate
+from .callbacks import default_callbacks
 from .callbacks.logging import RunLogger, build_sinks
 from .callbacks.progress import ProgressBar
-from .config import ConfigError, TrainConfig
-from .data.loader import TensorLoader, as_dataset, make_loader, prepare_epoch
+from .config import TrainConfig
+from .data.loader import epoch_iterator, loader_for, prepare_epoch
+from .data.spec import fit_data
 from .events import Callback, Event, SkipBatch, StopTraining, overrides
 from .gradients import NonFiniteError, clip_gradients, grad_extremes, is_finite, non_finite_message, weights_finite
-from .metrics import EpochMeter, IntervalMeter, update_best, write_result
+from .metrics import EpochMeter, IntervalMeter, run_summary, update_best, write_result
 from .optim import build_optimizer, build_schedule
-from .optim.schedules import ReduceOnPlateau
+from .optim.schedules import ReduceOnPlateau, schedule_horizon
+from .snapshot import resume, save_on_preemption
 from .state import Lifecycle, Phase, TrainState, capture_rng, restore_rng, seed_everything
 from .tasks import Task, batch_size_of, make_task
 
@@ -174,9 +176,9 @@ class Trainer:
         self.lifecycle.to(Phase.INITIALIZING)
         self._stop_reason, self._pin_final, self._preempt_signal = None, False, None
         try:
-            train_data, val_data = self._data_from_spec(train_data, val_data)
+            train_data, val_data = fit_data(train_data, val_data, self.cfg)
             self._setup_run(train_data, val_data)
-            if resume_from is not None and self._restore_for_resume(resume_from):
+            if resume_from is not None and resume(self, resume_from):
                 return self._already_finished()
             self.lifecycle.to(Phase.RUNNING)
             with signals.handlers(self):
@@ -184,7 +186,7 @@ class Trainer:
                 self._train()
             self._finish(Phase.COMPLETED)
         except _PreemptNow:
-            self._save_on_preemption()
+            save_on_preemption(self)
             self._finish(Phase.COMPLETED)
             raise Preempted(self._preemption_message()) from None
         except BaseException as exc:
@@ -214,7 +216,7 @@ class Trainer:
 
     def _run_epoch(self) -> int:
         c = self.state.counters
-        batches = self._epoch_batches(c.epoch, c.batch_in_epoch)
+        batches = epoch_iterator(self.train_loader, self.cfg.seed, c.epoch, c.batch_in_epoch)
         self._fire(Event.EPOCH_START)
         self.model.train()
         if c.batch_in_epoch == 0:
@@ -360,7 +362,7 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     def validate(self, val_data: Any = None) -> dict[str, float]:
         """Evaluate on ``val_data`` (or the fit's validation data): task metrics plus evaluators."""
-        loader = self._as_loader(val_data, train=False) if val_data is not None else self.val_loader
+        loader = loader_for(val_data, self.cfg, train=False) if val_data is not None else self.val_loader
         if loader is None and not self.evaluators:
             raise ValueError("validate() needs validation data: pass it here or to fit(..., val_data)")
         was_training = self.model.training
@@ -441,23 +443,6 @@ class Trainer:
         self._fire(Event.CHECKPOINT)
         return self.last_checkpoint
 
-    def _restore_for_resume(self, resume_from: str | Path) -> bool:
-        """Load a checkpoint into this trainer. True when that run had already finished."""
-        from .snapshot import find_checkpoint, restore_payload
-        found = find_checkpoint(self, resume_from)
-        if found is None:
-            print(f"trainforge: no checkpoint in {self.cfg.run_dir / 'checkpoints'}; starting fresh", file=sys.stderr)
-            return False
-        self.lifecycle.to(Phase.RESTORING)
-        restore_payload(self, found)
-        reason = self.state.stopped_reason
-        if reason is None or reason == "preempted" or reason.startswith("error"):
-            return False
-        if reason.startswith(("max_steps", "max_epochs")) and not self._budget_reached():
-            self.state.stopped_reason = None  # the budget was raised: train on
-            return False
-        return True
-
     def _already_finished(self) -> FitResult:
         print(f"trainforge: run in {self.cfg.run_dir} already finished ({self.state.stopped_reason}); "
               "nothing to do", file=sys.stderr)
@@ -468,15 +453,6 @@ class Trainer:
         if not result_path.exists():
             self._write_result()
         return self._result()
-
-    def _save_on_preemption(self) -> None:
-        self.state.stopped_reason = "preempted"
-        if self._rng_before_validation is not None:
-            restore_rng(self._rng_before_validation)  # the checkpoint is taken at the last step boundary
-        if self.checkpoints is not None:
-            self.checkpoints.wait()
-            self.save_checkpoint()
-            self.checkpoints.wait()
 
     def _preemption_message(self) -> str:
         c = self.state.counters
@@ -489,18 +465,19 @@ class Trainer:
         run_dir = Path(cfg.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg.seed)
-        self.train_loader = self._as_loader(train_data, train=True)
-        self.val_loader = self._as_loader(val_data, train=False) if val_data is not None else None
+        self.train_loader = loader_for(train_data, cfg, train=True)
+        self.val_loader = loader_for(val_data, cfg, train=False) if val_data is not None else None
         try:
             self.batches_per_epoch: int | None = len(self.train_loader)
         except TypeError:  # an iterable dataset without a length
             self.batches_per_epoch = None
-        self.schedule = build_schedule(cfg.schedule, self._total_steps())
+        self.schedule = build_schedule(cfg.schedule, schedule_horizon(cfg, self.batches_per_epoch))
         self._interval, self._epoch_meter = IntervalMeter(), EpochMeter()
         self._grad_norm: torch.Tensor | None = None
         self._last_health_check, self._memory = -math.inf, {}
         self._grad_extremes: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._install_default_callbacks()
+        self.callbacks = default_callbacks(cfg, self.callbacks)
+        self._refresh_dispatch()
         if cfg.checkpoint.enabled:
             from .checkpoint import CheckpointManager
             ck = cfg.checkpoint
@@ -511,69 +488,6 @@ class Trainer:
         self.logger = RunLogger(build_sinks(cfg, progress), cfg.log.level)
         self.logger.open(run_dir, cfg.to_dict())
         self._apply_lr()
-
-    def _data_from_spec(self, train_data: Any, val_data: Any) -> tuple[Any, Any]:
-        from .config import DataSpec
-        spec = train_data if train_data is not None else self.cfg.data
-        if isinstance(spec, DataSpec) or (isinstance(spec, dict) and "path" in spec):
-            from .data.spec import build_data
-            train_data, spec_val = build_data(spec, seed=self.cfg.seed)
-            return train_data, val_data if val_data is not None else spec_val
-        if train_data is None:
-            raise ValueError("fit() needs training data: pass it, or set `data` in the config to a data spec")
-        return train_data, val_data
-
-    def _install_default_callbacks(self) -> None:
-        cfg = self.cfg
-        have = {type(cb) for cb in self.callbacks}
-        defaults: list[Callback] = []
-        if cfg.log.progress and ProgressBar not in have:
-            defaults.append(ProgressBar())
-        if cfg.early_stopping is not None and EarlyStopping not in have:
-            es = cfg.early_stopping
-            defaults.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))
-        if cfg.gate and Gate not in have:
-            defaults.append(Gate(cfg.gate))
-        if cfg.log.profile_steps:
-            from .callbacks.monitors import ProfilerCallback
-            defaults.append(ProfilerCallback(cfg.log.profile_steps))
-        self.callbacks = defaults + self.callbacks
-        self._refresh_dispatch()
-
-    def _as_loader(self, data: Any, *, train: bool) -> DataLoader:
-        if isinstance(data, (DataLoader, TensorLoader)):
-            return data
-        dataset = as_dataset(data)
-        if train:
-            return make_loader(dataset, self.cfg)
-        bs = self.cfg.validation.batch_size or self.cfg.batch_size
-        return make_loader(dataset, self.cfg, batch_size=bs, shuffle=False, drop_last=False, num_workers=0)
-
-    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[Any]:
-        assert self.train_loader is not None
-        if prepare_epoch(self.train_loader, self.cfg.seed, epoch, skip):
-            return iter(self.train_loader)
-        # A plain DataLoader cannot skip by index: fast-forward by iterating (slow, but exact).
-        if skip:
-            warnings.warn(f"resuming mid-epoch with a plain DataLoader: iterating past {skip} batches; "
-                          "pass a Dataset (or use trainforge.data.make_loader) to skip by index", stacklevel=3)
-        it = iter(self.train_loader)
-        for _ in range(skip):
-            next(it, None)
-        return it
-
-    def _total_steps(self) -> int:
-        cfg = self.cfg
-        if self.batches_per_epoch == 0:
-            return 1  # nothing to train on; the loop says so
-        per_epoch = math.ceil(self.batches_per_epoch / cfg.grad.accumulate) if self.batches_per_epoch else 0
-        candidates = [s for s in (cfg.max_steps, per_epoch * cfg.max_epochs if cfg.max_epochs and per_epoch else None) if s]
-        if not candidates:
-            if cfg.schedule.name not in ("constant", "cyclic", "plateau") and cfg.schedule.total_steps is None:
-                raise ConfigError("field `schedule.total_steps` — the data has no length, so set schedule.total_steps "
-                                  "or max_steps for the schedule's horizon")
-            return 1
-        return min(candidates)
 
     def _budget_reached(self) -> bool:
         c, cfg = self.state.counters, self.cfg
@@ -693,19 +607,11 @@ class Trainer:
         return FitResult(
             run_dir=Path(self.cfg.run_dir), stopped_reason=self.state.stopped_reason or "",
             history={k: list(v["value"]) for k, v in curves.items()}, curves=curves,
-            summary=self._summary(), final_checkpoint=self.last_checkpoint,
+            summary=run_summary(self.state, self._data_stats()), final_checkpoint=self.last_checkpoint,
             gate_passed=self.result_extra.get("gate_passed"), extra=dict(self.result_extra))
 
-    def _summary(self) -> dict[str, Any]:
-        c = self.state.counters
-        return {"steps": c.step, "epochs_completed": c.epoch, "samples_seen": c.samples_seen,
-                "tokens_seen": c.tokens_seen, "weight_version": c.weight_version, "skipped_steps": c.skipped_steps,
-                "skipped_batches": c.skipped_batches, "rollbacks": c.rollbacks, "best": dict(self.state.best),
-                "data": self._data_stats(),
-                "final": {k: v for k, v in self.state.metrics.items() if "/" in k or k == "lr"}}
-
     def _write_result(self, error: BaseException | None = None) -> None:
-        result = {"summary": self._summary(), "stopped_reason": self.state.stopped_reason,
+        result = {"summary": run_summary(self.state, self._data_stats()), "stopped_reason": self.state.stopped_reason,
                   "final_checkpoint": self.last_checkpoint, "gate_passed": None, "phase": str(self.phase),
                   **self.result_extra, "curves": self.state.history, "config": self.cfg.to_dict()}
         if error is not None:

@@ -4,4 +4,24 @@ from .control import EarlyStopping, Gate
 from .logging import ConsoleSink, JsonlSink, RunLogger
 from .progress import ProgressBar
 
-__all__ = ["EarlyStopping", "Gate", "ConsoleSink", "JsonlSink", "RunLogger", "ProgressBar"]
+
+
+def default_callbacks(cfg, callbacks: list) -> list:
+    """The built-in callbacks a config asks for (progress bar, early stopping, gate, profiler),
+    placed before the user's; one the user already passed is not added twice."""
+    have = {type(cb) for cb in callbacks}
+    defaults = []
+    if cfg.log.progress and ProgressBar not in have:
+        defaults.append(ProgressBar())
+    if cfg.early_stopping is not None and EarlyStopping not in have:
+        es = cfg.early_stopping
+        defaults.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))
+    if cfg.gate and Gate not in have:
+        defaults.append(Gate(cfg.gate))
+    if cfg.log.profile_steps:
+        from .monitors import ProfilerCallback
+        defaults.append(ProfilerCallback(cfg.log.profile_steps))
+    return defaults + list(callbacks)
+
+
+__all__ = ["default_callbacks", "EarlyStopping", "Gate", "ConsoleSink", "JsonlSink", "RunLogger", "ProgressBar"]

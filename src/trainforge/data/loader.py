@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections.abc as cabc
 import math
 import random
+import warnings
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -280,3 +281,28 @@ def split(dataset: Any, val_fraction: float, seed: int = 0) -> tuple[Subset, Sub
     g = torch.Generator().manual_seed(epoch_seed(seed, 0, salt=2))
     perm = torch.randperm(n, generator=g).tolist()
     return Subset(dataset, sorted(perm[n_val:])), Subset(dataset, sorted(perm[:n_val]))
+
+
+def loader_for(data: Any, cfg: Any, *, train: bool) -> "DataLoader | TensorLoader":
+    """The loader a run uses for ``data``: a given DataLoader as it is; anything else through
+    ``make_loader`` (validation: in order, its own batch size, no workers)."""
+    if isinstance(data, (DataLoader, TensorLoader)):
+        return data
+    if train:
+        return make_loader(data, cfg)
+    bs = cfg.validation.batch_size or cfg.batch_size
+    return make_loader(data, cfg, batch_size=bs, shuffle=False, drop_last=False, num_workers=0)
+
+
+def epoch_iterator(loader: "DataLoader | TensorLoader", seed: int, epoch: int, skip: int) -> Iterator[Any]:
+    """Batches of ``epoch`` from batch ``skip`` on: skipped by index where the loader can,
+    otherwise by iterating past them (a plain DataLoader: slow, but exact)."""
+    if prepare_epoch(loader, seed, epoch, skip):
+        return iter(loader)
+    if skip:
+        warnings.warn(f"resuming mid-epoch with a plain DataLoader: iterating past {skip} batches; "
+                      "pass a Dataset (or use trainforge.data.make_loader) to skip by index", stacklevel=3)
+    it = iter(loader)
+    for _ in range(skip):
+        next(it, None)
+    return it

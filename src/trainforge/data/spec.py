@@ -107,3 +107,20 @@ def resolve_callable(ref: Any) -> Callable | None:
     if not callable(obj):
         raise DataError(f"data spec: filter {ref!r} is not callable")
     return obj
+
+
+def fit_data(train_data: Any, val_data: Any, cfg: Any) -> tuple[Any, Any]:
+    """What ``Trainer.fit`` trains on: a data spec given to it (or, given nothing, the config's
+    ``data`` spec) becomes (train, val); anything else passes through."""
+    spec = train_data if train_data is not None else getattr(cfg, "data", None)
+    if _is_spec(spec):
+        train, spec_val = build_data(spec, seed=cfg.seed)
+        return train, val_data if val_data is not None else spec_val
+    if train_data is None:
+        raise ValueError("fit() needs training data: pass it, or set `data` in the config to a data spec")
+    return train_data, val_data
+
+
+def _is_spec(value: Any) -> bool:
+    from ..config import DataSpec
+    return isinstance(value, DataSpec) or (isinstance(value, dict) and "path" in value)

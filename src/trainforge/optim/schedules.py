@@ -122,3 +122,20 @@ def build_schedule(cfg, total_steps: int) -> Schedule:
     if cfg.name == "plateau":
         return ReduceOnPlateau(patience=cfg.patience, factor=cfg.factor, min_lr_ratio=cfg.min_lr_ratio)
     raise ValueError(f"unknown schedule {cfg.name!r}")
+
+
+def schedule_horizon(cfg, batches_per_epoch: int | None) -> int:
+    """Total optimizer steps of a run (the decay horizon): the smaller of max_steps and
+    max_epochs x steps per epoch. Data without a length needs max_steps or schedule.total_steps."""
+    from ..config import ConfigError
+    if batches_per_epoch == 0:
+        return 1  # nothing to train on; the loop says so
+    per_epoch = math.ceil(batches_per_epoch / cfg.grad.accumulate) if batches_per_epoch else 0
+    by_epochs = per_epoch * cfg.max_epochs if cfg.max_epochs and per_epoch else None
+    candidates = [s for s in (cfg.max_steps, by_epochs) if s]
+    if candidates:
+        return min(candidates)
+    if cfg.schedule.name not in ("constant", "cyclic", "plateau") and cfg.schedule.total_steps is None:
+        raise ConfigError("field `schedule.total_steps` — the data has no length, so set schedule.total_steps "
+                          "or max_steps for the schedule's horizon")
+    return 1
