@@ -136,3 +136,37 @@ def test_second_sigint_exits_at_once_and_checkpoints_stay_valid(tmp_path):
     assert listing.returncode == 0 and "step-" in listing.stdout
     from trainforge.checkpoint import CheckpointManager
     assert CheckpointManager(run_dir / "checkpoints", keep_last=None).latest_valid() is not None
+
+
+SLOW_WRITER = """
+import sys, time
+import trainforge.checkpoint as ck
+original = ck._write_files
+def slow(tmp, job):
+    original(tmp, job)          # every file of the checkpoint is on disk, not yet renamed into place
+    if job.name != "step-000000002":
+        time.sleep(30)          # the test kills the process here
+ck._write_files = slow
+from trainforge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_during_a_checkpoint_write_then_resume_is_byte_identical(tmp_path):
+    cfg = write_config(tmp_path, sleep=0.0)
+    expected = reference(tmp_path, cfg)
+    run_dir = tmp_path / "torn"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, "train", str(cfg), "--run-dir", str(run_dir)],
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    ckpts = run_dir / "checkpoints"
+    while not (ckpts.exists() and any(p.name.startswith(".tmp-step-000000004") for p in ckpts.iterdir())):
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # inside the write of step 4: a half-made checkpoint on disk
+    proc.wait()
+    assert [p.name for p in ckpts.iterdir() if not p.name.startswith(".")] == ["step-000000002"]
+    out = subprocess.run(TRAINFORGE + ["resume", str(run_dir)], env=env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert final_weights(run_dir) == expected
+    assert not [p for p in ckpts.iterdir() if p.name.startswith(".tmp-")]  # the torn write was cleaned up
