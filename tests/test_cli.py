@@ -54,6 +54,9 @@ def test_train_with_user_code_and_data_spec(capsys, user_config, tmp_path):
     assert code == 0 and "step-000000024" in out
     code, out, _ = run_cli(capsys, "inspect", tmp_path / "run" / "checkpoints" / "step-000000024")
     assert code == 0 and "step 24" in out and "net.0.weight: [32, 10]" in out
+    # training again into the same run dir is refused: it would mix two runs' checkpoints
+    code, _, err = run_cli(capsys, "train", user_config)
+    assert code == 2 and "already holds a run" in err and "trainforge resume" in err
     # resuming a finished run is a no-op that says so
     code, _, err = run_cli(capsys, "resume", tmp_path / "run")
     assert code == 0 and "already finished" in err

@@ -113,6 +113,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc != 1:
         raise BadInput("trainforge train: --nproc: distributed launch is not available in this version; use --nproc 1")
     cfg = load_config(args.config, args.overrides, args.run_dir)
+    if not args.resume and _has_checkpoints(Path(cfg.run_dir)):
+        raise BadInput(f"trainforge train: {cfg.run_dir} already holds a run with checkpoints; continue it with "
+                       f"`trainforge resume {cfg.run_dir}` (or train --resume), or pass --run-dir for a new run")
     return finish(run_config(cfg, resume=args.resume), cfg)
 
 
@@ -220,6 +223,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
                               temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     print(text)
     return EXIT_OK
+
+
+def _has_checkpoints(run_dir: Path) -> bool:
+    directory = run_dir / "checkpoints"
+    return directory.is_dir() and any(not p.name.startswith(".") for p in directory.iterdir())
 
 
 def _run_config_dict(run_dir: Path) -> dict[str, Any]:

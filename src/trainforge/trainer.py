@@ -180,6 +180,9 @@ class Trainer:
             self._setup_run(train_data, val_data)
             if resume_from is not None and resume(self, resume_from):
                 return self._already_finished()
+            if resume_from is None and self.checkpoints is not None and self.checkpoints.list(deep=False):
+                warnings.warn(f"starting a fresh run in {self.cfg.run_dir}, which holds checkpoints of an earlier "
+                              "run: resume_from='latest' would continue it instead", stacklevel=2)
             self.lifecycle.to(Phase.RUNNING)
             with signals.handlers(self):
                 self._fire(Event.TRAIN_START)
