@@ -787,21 +787,34 @@ class CheckpointManager:
 
     def latest_valid(self) -> CheckpointInfo | None:
         """The newest checkpoint that verifies in full; warns naming each newer one skipped and why."""
+        found = self._newest(load=False)
+        return found[0] if found else None
+
+    def load_latest(self) -> tuple[CheckpointInfo, dict] | None:
+        """The newest checkpoint that loads, with its payload: verified once (``latest_valid``
+        followed by ``load`` would hash every file twice); warns like ``latest_valid``."""
+        return self._newest(load=True)
+
+    def _newest(self, load: bool) -> tuple[CheckpointInfo, dict | None] | None:
+        self.wait()  # a pending save may be the newest one
         skipped: list[CheckpointInfo] = []
         chosen = None
         for info in reversed(self.list(deep=False)):
             if info.valid:
                 try:
-                    _verify(info.path, deep=True)
-                    chosen = info
+                    if load:
+                        chosen = (info, load_checkpoint(info.path))
+                    else:
+                        _verify(info.path, deep=True)
+                        chosen = (info, None)
                     break
                 except CheckpointError as e:
                     info.valid, info.reason = False, e.detail
             skipped.append(info)
         if skipped:
             names = "; ".join(f"{i.path} ({i.reason})" for i in skipped)
-            target = f"falling back to {chosen.path}" if chosen else "no valid checkpoint left"
-            warnings.warn(f"skipping invalid checkpoint(s): {names}; {target}", stacklevel=2)
+            target = f"falling back to {chosen[0].path}" if chosen else "no valid checkpoint left"
+            warnings.warn(f"skipping invalid checkpoint(s): {names}; {target}", stacklevel=3)
         return chosen
 
     def _resolve(self, path_or_name: Path | str) -> Path:

@@ -3,6 +3,7 @@ and the non-finite policy. Pure functions; the trainer wires them in a fixed ord
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -54,12 +55,8 @@ def is_finite(*values: torch.Tensor) -> bool:
 
 
 def weights_finite(model: nn.Module) -> bool:
-    """One fused pass: the sum of per-tensor norms is finite only if every weight is."""
-    params = [p.detach() for p in model.parameters()]
-    if not params:
-        return True
-    norms = torch._foreach_norm(params, 2.0)
-    return bool(torch.isfinite(torch.stack([n.to(params[0].device, torch.float32) for n in norms]).sum()))
+    """One fused pass and one sync: the global norm is finite only if every weight is."""
+    return math.isfinite(float(total_norm([p.detach() for p in model.parameters()])))
 
 
 def non_finite_message(step: int, loss: float, norm: float, policy: str) -> str:

@@ -57,20 +57,14 @@ class IntervalMeter:
         return steps, values, rates
 
 
-@dataclass
-class EpochMeter:
-    """Epoch time and mean step loss. The per-step losses already reach the history at each log
-    flush, so the mean is read from there at the epoch's end (no per-step tensor work)."""
-
-    start_step: int = 0  # the optimizer step the epoch began at (counted in TrainState, so resumable)
-    started: float = field(default_factory=time.perf_counter)
-
-    def summary(self, curve: dict[str, list]) -> dict[str, float]:
-        out = {"time/epoch": time.perf_counter() - self.started}
-        epoch_losses = [v for s, v in zip(curve["step"], curve["value"]) if s > self.start_step]
-        if epoch_losses:
-            out["train/epoch_loss"] = sum(epoch_losses) / len(epoch_losses)
-        return out
+def epoch_summary(curve: dict[str, list], start_step: int, started: float) -> dict[str, float]:
+    """Epoch time, and the mean of the epoch's step losses, read from the train/loss curve (the
+    losses reach it at every log flush, so the loop does no per-step tensor work for this)."""
+    out = {"time/epoch": time.perf_counter() - started}
+    losses = [v for s, v in zip(curve["step"], curve["value"]) if s > start_step]
+    if losses:
+        out["train/epoch_loss"] = sum(losses) / len(losses)
+    return out
 
 
 def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:

@@ -7,26 +7,16 @@ from __future__ import annotations
 
 import copy
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
 from .config import ConfigError, DataSpec, TrainConfig, apply_overrides, read_config_file
 from .events import Callback
+from .recipes.base import RecipeParts
 from .tasks import import_object
 from .trainer import FitResult, Trainer
-
-
-@dataclass
-class RunParts:
-    model: nn.Module
-    train_data: Any
-    val_data: Any = None
-    task: Any = None
-    evaluators: list[Callable] = field(default_factory=list)
-    info: dict = field(default_factory=dict)
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -55,12 +45,11 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), r
     return resolve_config(read_config_file(path), overrides, run_dir)
 
 
-def build_parts(cfg: TrainConfig) -> RunParts:
+def build_parts(cfg: TrainConfig) -> RecipeParts:
     """Model, data, task and evaluators from a recipe, or from ``model:``/``data:`` references."""
     if cfg.recipe:
         from .recipes import load_recipe
-        parts = load_recipe(cfg.recipe).build(cfg)
-        return RunParts(parts.model, parts.train_data, parts.val_data, parts.task, list(parts.evaluators), dict(parts.info))
+        return load_recipe(cfg.recipe).build(cfg)
     if not cfg.model:
         raise ConfigError("field `model` — name a 'module:callable' that returns an nn.Module, or set `recipe`")
     if cfg.data is None:
@@ -69,7 +58,7 @@ def build_parts(cfg: TrainConfig) -> RunParts:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"field `model`: {cfg.model} returned a {type(model).__name__}, not an nn.Module")
     train, val = _data(cfg)
-    return RunParts(model, train, val, cfg.task)
+    return RecipeParts(model, train, val, cfg.task)
 
 
 def _call(ref: str, field_name: str, kwargs: dict[str, Any]) -> Any:

@@ -12,7 +12,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, load_checkpoint
+from .gradients import NonFiniteError
 from .optim.schedules import ReduceOnPlateau
 from .state import capture_rng, restore_rng
 
@@ -32,7 +33,9 @@ class ResumeError(RuntimeError):
 
 
 def build_payload(trainer: "Trainer") -> dict[str, Any]:
-    callbacks = {cb.state_key: cb.state_dict() for cb in trainer.callbacks if cb.state_dict()}
+    states = ((cb.state_key, cb.state_dict()) for cb in trainer.callbacks)
+    callbacks = {key: state for key, state in states if state}
+    model_state = trainer.model.state_dict()
     tensors: dict[str, Any] = {
         "optimizer": trainer.optimizer.state_dict(),
         "scaler": trainer.scaler.state_dict(),
@@ -47,21 +50,22 @@ def build_payload(trainer: "Trainer") -> dict[str, Any]:
         "pending_validation": trainer._pending_validation,
         "skip_batches": sorted(trainer._skip_batches),
         "config": trainer.cfg.to_dict(),
-        "model_signature": model_signature(trainer),
+        "model_signature": signature(model_state),
         "optimizer": type(trainer.optimizer).__name__,
         "task": trainer.task.name,
     }
-    return {"model": trainer.model.state_dict(), "tensors": tensors, "meta": meta}
+    return {"model": model_state, "tensors": tensors, "meta": meta}
 
 
-def model_signature(trainer: "Trainer") -> dict[str, list[int]]:
-    return {k: list(v.shape) for k, v in trainer.model.state_dict().items()}
+def signature(model_state: dict[str, Any]) -> dict[str, list[int]]:
+    """Tensor names and shapes: what must match for a resume."""
+    return {k: list(v.shape) for k, v in model_state.items()}
 
 
 def compare(trainer: "Trainer", meta: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(blocking differences, allowed changes) between this run and a checkpoint's meta."""
     blocking: list[str] = []
-    ours, theirs = model_signature(trainer), meta["model_signature"]
+    ours, theirs = signature(trainer.model.state_dict()), meta["model_signature"]
     for key in sorted(set(ours) | set(theirs)):
         if key not in theirs:
             blocking.append(f"model has {key} {ours[key]} that the checkpoint lacks")
@@ -118,33 +122,33 @@ def find_checkpoint(trainer: "Trainer", resume_from: str | Path) -> dict[str, An
     if str(resume_from) == "latest":
         if manager is None:
             return None
-        info = manager.latest_valid()
-        if info is None:
+        found = manager.load_latest()
+        if found is None:
             return None
+        info, payload = found
         trainer.last_checkpoint = str(info.path)
-        return manager.load(info.path)
+        return payload
     path = Path(resume_from)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    from .checkpoint import load_checkpoint
     trainer.last_checkpoint = str(path)
     return load_checkpoint(path)
 
 
 def rollback(trainer: "Trainer", message: str) -> None:
     """Restore the last good checkpoint, scale the lr down, skip the offending batches."""
-    from .gradients import NonFiniteError
     c = trainer.state.counters
     rollbacks = c.rollbacks + 1
     if rollbacks > trainer.cfg.grad.max_rollbacks:
         raise NonFiniteError(f"{message}: gave up after {trainer.cfg.grad.max_rollbacks} rollbacks")
-    info = trainer.checkpoints.latest_valid() if trainer.checkpoints is not None else None
-    if info is None:
+    found = trainer.checkpoints.load_latest() if trainer.checkpoints is not None else None
+    if found is None:
         raise NonFiniteError(f"{message}: no checkpoint to roll back to")
+    info, payload = found
     accumulate = trainer.cfg.grad.accumulate
     bad = {(c.epoch, i) for i in range(max(0, c.batch_in_epoch - accumulate), c.batch_in_epoch)}
     skip = trainer._skip_batches | bad
-    restore_payload(trainer, trainer.checkpoints.load(info.path), check=False)
+    restore_payload(trainer, payload, check=False)
     trainer._skip_batches = skip
     trainer._interval = type(trainer._interval)()  # losses of the undone steps are dropped
     trainer.state.counters.rollbacks = rollbacks

@@ -25,15 +25,16 @@ from . import signals
 from .callbacks import default_callbacks
 from .callbacks.logging import RunLogger, build_sinks
 from .callbacks.progress import ProgressBar
+from .checkpoint import CheckpointManager
 from .config import TrainConfig
 from .data.loader import epoch_iterator, loader_for, prepare_epoch
 from .data.spec import fit_data
 from .events import Callback, Event, SkipBatch, StopTraining, overrides
 from .gradients import NonFiniteError, clip_gradients, grad_extremes, is_finite, non_finite_message, weights_finite
-from .metrics import EpochMeter, IntervalMeter, run_summary, update_best, write_result
+from .metrics import IntervalMeter, atomic_write_text, epoch_summary, run_summary, update_best, write_result
 from .optim import build_optimizer, build_schedule
 from .optim.schedules import ReduceOnPlateau, schedule_horizon
-from .snapshot import resume, save_on_preemption
+from .snapshot import build_payload, resume, rollback, save_on_preemption
 from .state import Lifecycle, Phase, TrainState, capture_rng, restore_rng, seed_everything
 from .tasks import Task, batch_size_of, make_task
 
@@ -224,7 +225,7 @@ class Trainer:
         self.model.train()
         if c.batch_in_epoch == 0:
             c.epoch_start_step = c.step
-        self._epoch_meter = EpochMeter(start_step=c.epoch_start_step)
+        self._epoch_started = time.perf_counter()
         accumulate, micro, consumed, group_loss = self.cfg.grad.accumulate, 0, 0, None
         waited = time.perf_counter()
         for batch in batches:
@@ -264,7 +265,8 @@ class Trainer:
         if (self._validation_enabled() and self._is_due(self.cfg.validation.every_epochs, c.epoch + 1)
                 and c.last_val_step != c.step):
             self._validate_and_record(mid_epoch=False)
-        summary = self._epoch_meter.summary(self.state.history.get("train/loss", {"step": [], "value": []}))
+        curve = self.state.history.get("train/loss", {"step": [], "value": []})
+        summary = epoch_summary(curve, c.epoch_start_step, self._epoch_started)
         self.state.metrics.update(summary)
         for name, value in summary.items():
             self.state.record(name, c.step, value)
@@ -306,8 +308,7 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         self._fire(Event.AFTER_BACKWARD)  # gradients complete and unscaled: filters act here
         norm = clip_gradients(params, g.clip_norm, g.clip_value)
-        logged = (c.step + 1) % self.cfg.log.every_steps == 0
-        if logged and self.cfg.log.level == "verbose":
+        if self.cfg.log.level == "verbose" and (c.step + 1) % self.cfg.log.every_steps == 0:
             self._grad_extremes = grad_extremes(params)
         # One host sync per step: NaN/inf in either propagates through the sum (norm >= 0).
         if not math.isfinite(float(loss + norm.to(loss.device))):
@@ -332,7 +333,7 @@ class Trainer:
     def step(self, batch: Any) -> dict[str, float]:
         """One optimizer step on one batch, outside ``fit`` (manual use). Returns loss and lr."""
         if not hasattr(self, "_interval"):
-            self._interval, self._epoch_meter = IntervalMeter(), EpochMeter()
+            self._interval = IntervalMeter()
             self._grad_norm = self._grad_extremes = None
         self.model.train()
         loss = self._forward_backward(to_device(batch, self.device), divisor=1)
@@ -358,7 +359,6 @@ class Trainer:
                              "use non_finite: skip or rollback to continue past bad steps")
 
     def _rollback(self, message: str) -> None:
-        from .snapshot import rollback
         rollback(self, message)  # restores the last good checkpoint, lowers lr; raises when it cannot
         raise _RolledBack()
 
@@ -425,7 +425,6 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, name: str | None = None, *, pinned: bool = False) -> str | None:
         """Write the whole TrainState now (between steps). Returns the checkpoint path."""
-        from .snapshot import build_payload
         if self.checkpoints is None:
             raise RuntimeError("no checkpoint directory: call fit() first or enable checkpoint in the config")
         if not weights_finite(self.model):
@@ -475,18 +474,17 @@ class Trainer:
         except TypeError:  # an iterable dataset without a length
             self.batches_per_epoch = None
         self.schedule = build_schedule(cfg.schedule, schedule_horizon(cfg, self.batches_per_epoch))
-        self._interval, self._epoch_meter = IntervalMeter(), EpochMeter()
+        self._interval = IntervalMeter()
         self._grad_norm: torch.Tensor | None = None
         self._last_health_check, self._memory = -math.inf, {}
         self._grad_extremes: tuple[torch.Tensor, torch.Tensor] | None = None
         self.callbacks = default_callbacks(cfg, self.callbacks)
         self._refresh_dispatch()
         if cfg.checkpoint.enabled:
-            from .checkpoint import CheckpointManager
             ck = cfg.checkpoint
             self.checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=ck.keep_last, keep_best=ck.keep_best,
                                                  monitor=ck.monitor, mode=ck.mode, async_save=ck.async_save)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
         progress = [cb for cb in self.callbacks if isinstance(cb, ProgressBar)]
         self.logger = RunLogger(build_sinks(cfg, progress), cfg.log.level)
         self.logger.open(run_dir, cfg.to_dict())
