@@ -84,3 +84,22 @@ def test_trainer_stop_from_callback(tmp_path):
 
     _, result = run(tmp_path, [Stopper()], max_epochs=5, checkpoint={"enabled": False})
     assert result.summary["epochs_completed"] == 1 and result.stopped_reason == "one epoch is enough"
+
+
+def test_log_values_of_a_callback_reach_every_train_record(tmp_path):
+    import json
+
+    class Counter(Callback):
+        calls = 0
+
+        def log_values(self, trainer):
+            Counter.calls += 1
+            return {"mine/steps": trainer.state.counters.step}
+
+    trainer, _ = run(tmp_path, [Counter()], log={"every_steps": 1, "progress": False, "sinks": ["jsonl"]})
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    train = [r for r in records if r["kind"] == "train"]
+    assert train and all(r["mine/steps"] == r["step"] for r in train)
+    assert Counter.calls == len(train)  # asked at the log interval only
+    history = trainer.state.history["mine/steps"]
+    assert history["step"] == history["value"] == [r["step"] for r in train]

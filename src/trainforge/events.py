@@ -70,6 +70,10 @@ class Callback:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
 
+    def log_values(self, trainer: "Trainer") -> dict[str, float]:
+        """Values to add to each train log record (called at the log interval only, never per step)."""
+        return {}
+
     def on_train_start(self, trainer: "Trainer") -> None: ...
     def on_epoch_start(self, trainer: "Trainer") -> None: ...
     def on_batch_start(self, trainer: "Trainer") -> None: ...
@@ -97,7 +101,8 @@ class SkipBatch(Exception):
     """Raised in ``on_batch_start`` to skip the current batch without training on it."""
 
 
-def overrides(callback: Callback, event: Event) -> bool:
+def overrides(callback: Callback, event: Event | str) -> bool:
     """True when ``callback`` defines its own method for ``event`` (so the base no-op can be skipped)."""
-    method = getattr(type(callback), event.value, None)
-    return method is not None and method is not getattr(Callback, event.value)
+    name = event.value if isinstance(event, Event) else event
+    method = getattr(type(callback), name, None)
+    return method is not None and method is not getattr(Callback, name)

@@ -572,6 +572,10 @@ class Trainer:
         if verbose and self._grad_extremes is not None:
             record["grad/max"], record["grad/min"] = (float(t) for t in self._grad_extremes)
         record.update(self._data_stats())
+        plugin_values: dict[str, Any] = {}
+        for cb in self.callbacks:
+            if overrides(cb, "log_values"):
+                plugin_values.update(cb.log_values(self))
         # Memory and a pass over all weights at most once a second: at a tiny model's log rate they
         # would cost more than its steps. (Before every checkpoint the weights are checked anyway.)
         now = time.monotonic()
@@ -584,17 +588,20 @@ class Trainer:
                 self._handle_non_finite(values[-1], float("nan"))
         record.update(self._memory)
         self.state.metrics.update(record)
+        self.state.metrics.update(plugin_values)
         self.state.record("lr", steps[-1], self.lr)
-        self._log("train", record)
+        for name, value in plugin_values.items():
+            self.state.record(name, steps[-1], value)
+        self._log("train", record, plugin_values)
 
     def _data_stats(self) -> dict[str, float]:
         """Counters of a cache or quality filter around the training data (hits, drops), if any."""
         stats = getattr(getattr(self.train_loader, "dataset", None), "stats", None)
         return dict(stats()) if callable(stats) else {}
 
-    def _log(self, kind: str, values: dict[str, Any]) -> None:
+    def _log(self, kind: str, values: dict[str, Any], plugin_values: dict[str, Any] | None = None) -> None:
         c = self.state.counters
-        self.logger.write({"kind": kind, "step": c.step, "epoch": c.epoch, "time": time.time(), **values})
+        self.logger.write({"kind": kind, "step": c.step, "epoch": c.epoch, "time": time.time(), **values}, plugin_values)
 
     def _autocast_factory(self) -> Callable[[], contextlib.AbstractContextManager]:
         if self.cfg.precision == "32":

@@ -127,8 +127,10 @@ class RunLogger:
         for sink in self.sinks:
             sink.open(run_dir, config)
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: dict[str, Any], plugin_values: dict[str, Any] | None = None) -> None:
         record = filter_for_level(record, self.level)
+        if plugin_values:  # a callback's log_values were asked for: kept at every level
+            record = {**record, **plugin_values}
         for sink in self.sinks:
             sink.write(record)
 
