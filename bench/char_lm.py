@@ -64,7 +64,7 @@ def hand_loop(model, train: torch.Tensor, val: torch.Tensor, iters: int, seed: i
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=LR, betas=(0.9, 0.99))
+                            lr=LR, betas=(0.9, 0.99), fused=True)
     val_loss = float("nan")
     start = time.perf_counter()
     for it in range(iters):

@@ -43,7 +43,7 @@ def hand_loop(model, inputs, targets, steps, batch_size, lr, loss_fn):
     # nanoGPT's configure_optimizers: decay matrices, not biases and norms (trainforge's default)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, fused=True)
     n, step, epoch = len(inputs), 0, 0
     start = time.perf_counter()
     while step < steps:

@@ -15,7 +15,7 @@ from trainforge.optim.schedules import warmup_cosine
 def hand_loop(model, x, y, *, epochs, batch_size, lr, seed, accumulate=1, clip=None, schedule=None, wd=0.01):
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule) if schedule else None
     for epoch in range(epochs):
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
@@ -82,7 +82,7 @@ def test_manual_step_matches_one_hand_step(tmp_path):
     cfg = TrainConfig.from_dict(quiet_cfg(tmp_path, optimizer={"lr": 1e-2, "weight_decay": 0.0}, schedule={"name": "constant"},
                                           checkpoint={"enabled": False}))
     out = Trainer(model, cfg).step((x, y))
-    opt = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=0.0)
+    opt = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=0.0, fused=True)
     loss = F.cross_entropy(reference(x), y)
     loss.backward()
     opt.step()

@@ -196,7 +196,7 @@ def test_interval_rates_exclude_validation_and_checkpoint_time(monkeypatch):
         meter.add_batch(samples=8, tokens=0)
         meter.add_step(step + 1, torch.tensor(1.0))
     meter.excluded = 6.0  # e.g. a validation inside the interval
-    _, _, rates = meter.flush()
+    rates = meter.flush().rates
     assert rates["throughput/samples_per_s"] == pytest.approx(40 / 4.0)
     assert rates["time/step"] == pytest.approx(4.0 / 5)
 

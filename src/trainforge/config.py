@@ -31,6 +31,8 @@ class OptimizerConfig(Section):
     eps: float = Field(1e-8, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1, description="sgd only")
     nesterov: bool = False
+    fused: bool | None = Field(None, description="PyTorch's fused kernel; null: where the parameters allow "
+                               "(then a non-finite step is dropped on the device, with no host sync)")
 
     @field_validator("betas")
     @classmethod

@@ -1,9 +1,10 @@
 """Gradient handling between backward and the optimizer step: clipping, statistics, finiteness,
-and the non-finite policy. Pure functions; the trainer wires them in a fixed order."""
+and the non-finite policy. Pure functions plus ``StepGuard``; the trainer wires them in a fixed order."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -48,6 +49,51 @@ def grad_extremes(params: Iterable[nn.Parameter]) -> tuple[torch.Tensor, torch.T
     return maxes.max(), mins.min()
 
 
+class StepGuard:
+    """Drops the update of a non-finite step on the device, without waiting for it.
+
+    ``flags(loss, norm)`` gives two device tensors: ``drop`` (this update must not happen) and
+    ``bad`` (the non-finite policy must hear of it: a non-finite loss, or a non-finite gradient
+    that is not an fp16 overflow, which the GradScaler handles by lowering its scale). Under
+    ``halt`` and ``rollback`` a bad step also drops every later update until the host acts on it at
+    the log interval, so the weights stay those of the last good step.
+
+    ``step(optimizer, drop)`` hands ``drop`` to the optimizer as ``found_inf``, as GradScaler does:
+    fused optimizers (the ones trainforge builds) skip the update, moments and step count inside
+    their kernel. Any other optimizer is asked on the host — one sync per step, documented.
+    """
+
+    def __init__(self, policy: str, scaler_enabled: bool):
+        self.sticky = policy in ("halt", "rollback")
+        self.scaler_enabled = scaler_enabled
+        self._dropping: torch.Tensor | None = None
+
+    def flags(self, loss: torch.Tensor, norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss_bad = ~torch.isfinite(loss)
+        grad_bad = ~torch.isfinite(norm.to(loss.device))
+        bad = loss_bad if self.scaler_enabled else loss_bad | grad_bad
+        drop = loss_bad | grad_bad
+        if self.sticky:
+            self._dropping = bad if self._dropping is None else self._dropping | bad
+            drop = drop | self._dropping
+        return drop, bad
+
+    def reset(self) -> None:
+        """The host has acted on the interval's verdict (rolled back, or nothing was bad)."""
+        self._dropping = None
+
+    @staticmethod
+    def step(optimizer: torch.optim.Optimizer, drop: torch.Tensor) -> None:
+        if getattr(optimizer, "_step_supports_amp_scaling", False):
+            optimizer.found_inf = drop.float()  # type: ignore[attr-defined]
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.found_inf  # type: ignore[attr-defined]
+        elif not bool(drop):  # an optimizer without found_inf support: one host sync per step
+            optimizer.step()
+
+
 def is_finite(*values: torch.Tensor) -> bool:
     """One host sync for all values: True when every one is finite."""
     flags = [torch.isfinite(v.detach()).all() for v in values]
@@ -59,6 +105,34 @@ def weights_finite(model: nn.Module) -> bool:
     return math.isfinite(float(total_norm([p.detach() for p in model.parameters()])))
 
 
+@dataclass
+class Verdict:
+    """What the non-finite policy makes of a log interval that held a bad step (or bad weights)."""
+
+    action: str  # skip | halt | rollback
+    message: str  # about the first bad step
+    skipped: list[str]  # skip: one warning per dropped step
+    first_bad: int | None  # the first bad step's index (optimizer steps before it)
+    position: tuple[int, int, int] | None  # its (epoch, first batch, end batch)
+
+
+def judge(interval, policy: str, step: int) -> Verdict | None:
+    """None when every step and the weights were finite. ``interval`` is a ``metrics.Interval``."""
+    weights = interval.probes.get("weights/norm", 0.0)
+    if not interval.bad and math.isfinite(weights):
+        return None
+    messages = [non_finite_message(interval.steps[i] - 1, interval.losses[i], interval.norms[i], policy)
+                for i in interval.bad]
+    if not interval.bad:
+        messages = [f"non-finite weights at step {step}; policy '{policy}'"]
+    first = interval.bad[0] if interval.bad else None
+    return Verdict(action=policy, message=messages[0],
+                   skipped=[f"{m}: step skipped" for m in messages] if interval.bad else messages,
+                   first_bad=None if first is None else interval.steps[first] - 1,
+                   position=interval.positions[first] if first is not None else interval.positions[-1])
+
+
 def non_finite_message(step: int, loss: float, norm: float, policy: str) -> str:
+    """``step``: the index of the bad step (the optimizer steps taken before it)."""
     what = "loss" if not torch.isfinite(torch.tensor(loss)) else "gradient norm"
     return f"non-finite {what} at step {step} (loss={loss}, grad norm={norm}); policy '{policy}'"

@@ -18,11 +18,37 @@ import torch
 
 
 @dataclass
+class Interval:
+    """What one log interval comes to, in floats: per-step losses and gradient norms, the steps the
+    non-finite policy must hear of (index into ``steps``), rates, and extra probes (e.g. the weights' norm)."""
+
+    steps: list[int]
+    losses: list[float]
+    norms: list[float]
+    bad: list[int]
+    dropped_at: list[int]
+    positions: list[tuple[int, int, int]]  # per step: (epoch, first batch, end batch) of its micro-batches
+    rates: dict[str, float]
+    probes: dict[str, float]
+
+    @property
+    def kept(self) -> list[int]:
+        """Indices of the steps whose update was applied."""
+        dropped = set(self.dropped_at)
+        return [i for i in range(len(self.steps)) if i not in dropped]
+
+
+@dataclass
 class IntervalMeter:
-    """Accumulates one log interval: per-step losses (tensors), counts and timings."""
+    """Accumulates one log interval: per-step losses, norms and non-finite flags (device tensors),
+    counts and timings. ``flush`` stacks them all and syncs once."""
 
     losses: list[torch.Tensor] = field(default_factory=list)
+    norms: list[torch.Tensor] = field(default_factory=list)
+    drops: list[torch.Tensor] = field(default_factory=list)
+    bads: list[torch.Tensor] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
+    positions: list[tuple[int, int, int]] = field(default_factory=list)
     batches: int = 0
     samples: int = 0
     tokens: int = 0
@@ -30,20 +56,34 @@ class IntervalMeter:
     excluded: float = 0.0  # validation and checkpoint time inside the interval: not training time
     started: float = field(default_factory=time.perf_counter)
 
-    def add_step(self, step: int, loss: torch.Tensor) -> None:
+    def add_step(self, step: int, loss: torch.Tensor, norm: torch.Tensor | None = None,
+                 drop: torch.Tensor | None = None, bad: torch.Tensor | None = None,
+                 position: tuple[int, int, int] = (0, 0, 0)) -> None:
         self.steps.append(step)
+        self.positions.append(position)
         self.losses.append(loss)
+        zero = torch.zeros((), device=loss.device)
+        self.norms.append(zero if norm is None else norm)
+        self.drops.append(zero if drop is None else drop)
+        self.bads.append(zero if bad is None else bad)
 
     def add_batch(self, samples: int, tokens: int) -> None:
         self.batches += 1
         self.samples += samples
         self.tokens += tokens
 
-    def flush(self) -> tuple[list[int], list[float], dict[str, float]]:
-        """(steps, per-step losses, rates) for the interval; resets the meter."""
+    def flush(self, probes: dict[str, torch.Tensor] | None = None) -> Interval:
+        """The interval in floats, with ``probes`` (device scalars) read in the same single sync; resets."""
         elapsed = max(time.perf_counter() - self.started - self.excluded, 1e-9)
-        values = torch.stack(self.losses).float().tolist() if self.losses else []
-        n_steps = max(len(self.steps), 1)
+        n, names = len(self.steps), list(probes or {})
+        values: list[float] = []
+        if n or names:
+            device = self.losses[0].device if n else next(iter(probes.values())).device
+            rows = [torch.stack(t).to(device).float() for t in (self.losses, self.norms, self.drops, self.bads) if t]
+            rows += [torch.stack([probes[k].detach().to(device).float().reshape(()) for k in names])] if names else []
+            values = torch.cat(rows).tolist()  # the one host sync of the interval
+        losses, norms, drops, bads = (values[i * n:(i + 1) * n] for i in range(4))
+        n_steps = max(n, 1)
         rates = {
             "throughput/batches_per_s": self.batches / elapsed,
             "throughput/samples_per_s": self.samples / elapsed,
@@ -52,9 +92,11 @@ class IntervalMeter:
         }
         if self.tokens:
             rates["throughput/tokens_per_s"] = self.tokens / elapsed
-        steps = self.steps
+        report = Interval(steps=self.steps, losses=losses, norms=norms, bad=[i for i, b in enumerate(bads) if b],
+                          dropped_at=[i for i, d in enumerate(drops) if d], positions=self.positions, rates=rates,
+                          probes=dict(zip(names, values[4 * n:])))
         self.__init__()  # type: ignore[misc]
-        return steps, values, rates
+        return report
 
 
 def epoch_summary(curve: dict[str, list], start_step: int, started: float) -> dict[str, float]:
@@ -104,6 +146,17 @@ def json_safe(value: Any) -> Any:
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(json_safe(result), indent=1))
+
+
+def result_record(state: Any, data_stats: dict[str, float], *, final_checkpoint: str | None, phase: str,
+                  extra: dict[str, Any], config: dict[str, Any], error: BaseException | None = None) -> dict[str, Any]:
+    """What result.json holds."""
+    result = {"summary": run_summary(state, data_stats), "stopped_reason": state.stopped_reason,
+              "final_checkpoint": final_checkpoint, "gate_passed": None, "phase": phase,
+              **extra, "curves": state.history, "config": config}
+    if error is not None:
+        result["error"] = f"{type(error).__name__}: {error}"
+    return result
 
 
 def run_summary(state: Any, data_stats: dict[str, float]) -> dict[str, Any]:

@@ -26,17 +26,17 @@ def handlers(trainer: "Trainer") -> Iterator[None]:
 
     def preempt(signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
-        if trainer._preempt_signal and signum == signal.SIGINT:
+        if trainer.preemption_requested and signum == signal.SIGINT:
             sys.stderr.write("\ntrainforge: second interrupt, exiting now; the last complete checkpoint stays valid\n")
             os._exit(130)
-        trainer._preempt_signal = name
+        trainer.request_preemption(name)
         sys.stderr.write(f"\ntrainforge: {name} received, checkpointing at the next step boundary "
                          "(interrupt again to exit at once)\n")
 
     wanted = {signal.SIGTERM: preempt, signal.SIGINT: preempt}
     if hasattr(signal, "SIGUSR1"):
         wanted[signal.SIGUSR1] = lambda s, f: trainer.pause()
-        wanted[signal.SIGUSR2] = lambda s, f: trainer.resume()
+        wanted[signal.SIGUSR2] = lambda s, f: trainer.unpause()
     previous = {sig: signal.signal(sig, handler) for sig, handler in wanted.items()}
     try:
         yield

@@ -1,4 +1,4 @@
-"""Lifecycle phases and the one TrainState that holds everything a resume needs."""
+"""Lifecycle phases and TrainState, the one registry of everything a resume needs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 import threading
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -77,8 +77,10 @@ class Lifecycle:
 
 @dataclass
 class Counters:
-    """Where the run is. ``step`` counts optimizer steps; ``batch_in_epoch`` counts batches consumed
-    (also skipped ones) in the current epoch, so a resume can skip exactly that many by index."""
+    """Where the run is. ``step`` counts optimizer steps taken (the schedule's clock, ``max_steps``);
+    ``weight_version`` counts the updates applied, so it lags ``step`` by the non-finite steps
+    dropped (``skipped_steps``). ``batch_in_epoch`` counts batches consumed (also skipped ones) in
+    the current epoch, so a resume can skip exactly that many by index."""
 
     epoch: int = 0
     step: int = 0
@@ -93,22 +95,67 @@ class Counters:
     epoch_start_step: int = 0  # optimizer step at which the current epoch began (for its mean loss)
 
 
+class Stateful(Protocol):
+    """Anything resumable: a model, an optimizer, a scaler, a callback, a data stream, a filter."""
+
+    def state_dict(self) -> Any: ...
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+class RngState:
+    """The RNG streams as a registered part: captured at the moment of the save (Accelerate #4233)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return capture_rng()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        restore_rng(state)
+
+
 @dataclass
 class TrainState:
-    """Everything that is checkpointed, listed explicitly.
+    """The one registry of everything a resume needs.
 
-    ``history`` maps a metric name to ``{"step": [...], "value": [...]}`` (the curves of result.json).
-    ``best`` holds the best value seen of the monitored metric. ``lr_scale`` multiplies the schedule:
-    ``set_lr`` and rollback change it, and the schedule continues from there.
-    ``extra`` carries state registered by plug-ins (callbacks, filters, sampler) under fixed keys.
+    Its own fields (JSON): ``counters``; ``history`` maps a metric name to ``{"step": [...],
+    "value": [...]}`` (the curves of result.json); ``best`` holds the best value seen of each
+    metric; ``lr_scale`` multiplies the schedule (``set_lr`` and rollback change it, the schedule
+    continues from there); ``pending_validation`` (a validation was interrupted: redo it);
+    ``skip_batches`` (``[epoch, batch]`` pairs a rollback excluded).
+
+    Every other part registers itself under a fixed key with ``register(key, part)``: the model,
+    optimizer, scaler, schedule, RNG, data stream, callbacks, gradient filters. A checkpoint is
+    ``state_dict()``, a resume ``load_state_dict()``; one line makes a new plug-in resumable.
     """
 
     counters: Counters = field(default_factory=Counters)
     history: dict[str, dict[str, list]] = field(default_factory=dict)
     best: dict[str, float] = field(default_factory=dict)
     lr_scale: float = 1.0
-    metrics: dict[str, float] = field(default_factory=dict)  # latest values, not checkpointed
+    pending_validation: bool = False
+    skip_batches: set[tuple[int, int]] = field(default_factory=set)
     stopped_reason: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # latest values, not checkpointed
+    parts: dict[str, Stateful] = field(default_factory=dict, repr=False)
+    optional: set[str] = field(default_factory=set, repr=False)  # parts a checkpoint may lack (callbacks)
+
+    def register(self, key: str, part: Stateful, *, required: bool = True) -> None:
+        """Checkpoint ``part`` under ``key`` from now on. ``required=False``: a checkpoint without
+        that key (an older run, a callback added on resume) leaves the part as it is."""
+        if not (callable(getattr(part, "state_dict", None)) and callable(getattr(part, "load_state_dict", None))):
+            raise TypeError(f"state part {key!r} needs state_dict() and load_state_dict(), "
+                            f"got {type(part).__name__}")
+        other = self.parts.get(key)
+        if other is not None and other is not part:
+            raise ValueError(f"state key {key!r} is already registered to a {type(other).__name__}")
+        self.parts[key] = part
+        if required:
+            self.optional.discard(key)
+        else:
+            self.optional.add(key)
+
+    def unregister(self, key: str) -> None:
+        self.parts.pop(key, None)
+        self.optional.discard(key)
 
     def record(self, name: str, step: int, value: float) -> None:
         curve = self.history.setdefault(name, {"step": [], "value": []})
@@ -120,22 +167,45 @@ class TrainState:
         curve["step"].extend(steps)
         curve["value"].extend(values)
 
-    # -- the JSON-able part; tensors (weights, optimizer, RNG) are gathered by the trainer
-    def state_dict(self) -> dict[str, Any]:
+    # -- save and restore ------------------------------------------------------------------
+    def own_state(self) -> dict[str, Any]:
+        """The JSON-able fields (counters, history, best, loop flags)."""
         return {
             "counters": dict(vars(self.counters)),
             "history": self.history,
             "best": dict(self.best),
             "lr_scale": self.lr_scale,
+            "pending_validation": self.pending_validation,
+            "skip_batches": sorted([list(x) for x in self.skip_batches]),
             "stopped_reason": self.stopped_reason,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_own_state(self, state: dict[str, Any]) -> None:
         self.counters = Counters(**state["counters"])
         self.history = {k: {"step": list(v["step"]), "value": list(v["value"])} for k, v in state["history"].items()}
         self.best = dict(state.get("best", {}))
         self.lr_scale = float(state.get("lr_scale", 1.0))
+        self.pending_validation = bool(state.get("pending_validation", False))
+        self.skip_batches = {(int(e), int(b)) for e, b in state.get("skip_batches", [])}
         self.stopped_reason = state.get("stopped_reason")
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"state": own fields, "parts": {key: part.state_dict()}}``; empty part states are left out."""
+        parts = {key: part.state_dict() for key, part in self.parts.items()}
+        return {"state": self.own_state(), "parts": {k: v for k, v in parts.items() if v not in ({}, None)}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore every registered part; a required part missing from ``state`` is an error naming it.
+        Keys of parts this run does not have (a callback no longer used) are ignored."""
+        saved = state["parts"]
+        missing = sorted(k for k in self.parts if k not in saved and k not in self.optional)
+        if missing:
+            raise KeyError(f"the checkpoint has no state for {', '.join(missing)} "
+                           f"(it holds: {', '.join(sorted(saved)) or 'nothing'})")
+        self.load_own_state(state["state"])
+        for key, part in self.parts.items():
+            if key in saved:
+                part.load_state_dict(saved[key])
 
 
 def capture_rng() -> dict[str, Any]:

@@ -1,41 +1,41 @@
-"""The loop: fit / validate / step / pause / resume / stop. Read it top to bottom.
+"""The loop: fit / validate / step / pause / unpause / stop. Read it top to bottom.
 
-One optimizer step, in nanoGPT's fixed order (``_optimizer_step``): set lr; per micro-batch
-forward + loss/N + scaled backward; unscale, clip, finite check; step; scaler update; zero_grad.
-Control (pause, stop, preemption, checkpoints, logging) happens only at step boundaries.
+``fit`` -> ``_train`` (epochs; the one place a rollback is caught) -> ``_run_epoch`` (iterates
+optimizer steps) -> ``_train_step`` (one optimizer step over an accumulation group, in nanoGPT's
+fixed order). When to log, validate by steps and checkpoint is the ``Cadence`` callback's call;
+how is here. Control (pause, stop, preemption) acts only at step boundaries.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from . import signals
+from . import signals, snapshot
 from .callbacks import default_callbacks
 from .callbacks.logging import RunLogger, build_sinks
+from .callbacks.monitors import memory_stats
 from .callbacks.progress import ProgressBar
-from .checkpoint import CheckpointManager
+from .checkpoint import CheckpointManager, load_checkpoint
 from .config import TrainConfig
-from .data.loader import epoch_iterator, loader_for, prepare_epoch
+from .data.loader import epoch_iterator, loader_for
 from .data.spec import fit_data
+from .devices import autocast_factory, resolve_device, to_device
 from .events import Callback, Event, SkipBatch, StopTraining, overrides
-from .gradients import NonFiniteError, clip_gradients, grad_extremes, is_finite, non_finite_message, weights_finite
-from .metrics import IntervalMeter, atomic_write_text, epoch_summary, run_summary, update_best, write_result
+from .evaluation import Interrupted, evaluate
+from .gradients import NonFiniteError, StepGuard, clip_gradients, grad_extremes, judge, total_norm
+from .metrics import (Interval, IntervalMeter, atomic_write_text, epoch_summary, result_record, run_summary, update_best,
+                      write_result)
 from .optim import build_optimizer, build_schedule
-from .optim.schedules import ReduceOnPlateau, schedule_horizon
-from .snapshot import build_payload, resume, rollback, save_on_preemption
-from .state import Lifecycle, Phase, TrainState, capture_rng, restore_rng, seed_everything
+from .optim.schedules import schedule_horizon
+from .state import Lifecycle, Phase, RngState, TrainState, seed_everything
 from .tasks import Task, batch_size_of, make_task
 
 
@@ -51,8 +51,12 @@ class _PreemptNow(Exception):
     pass
 
 
-class _RolledBack(Exception):
-    pass
+class _RollBack(Exception):
+    """A non-finite step under ``non_finite: rollback``; ``batches`` are its (epoch, batch) positions."""
+
+    def __init__(self, message: str, batches: set[tuple[int, int]]):
+        super().__init__(message)
+        self.message, self.batches = message, batches
 
 
 @dataclass
@@ -65,22 +69,6 @@ class FitResult:
     final_checkpoint: str | None = None
     gate_passed: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
 
 
 class Trainer:
@@ -104,28 +92,32 @@ class Trainer:
         # model order, as a hand-written loop passes them to clip_grad_norm_ (same bits)
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "16-mixed")
-        self.autocast = self._autocast_factory()
+        self.autocast = autocast_factory(self.cfg.precision, self.device)
         self.state = TrainState()
+        self.state.register("model", self.model)
+        self.state.register("optimizer", self.optimizer)
+        self.state.register("rng", RngState())
+        if self.scaler.is_enabled():
+            self.state.register("scaler", self.scaler)
         self.lifecycle = Lifecycle()
-        self.callbacks: list[Callback] = list(callbacks)
+        self.callbacks: list[Callback] = []
         self.evaluators = list(evaluators)
         self.result_extra: dict[str, Any] = {}
         self.schedule: Callable[[int], float] = lambda step: 1.0
-        self.checkpoints = None
+        self.checkpoints: CheckpointManager | None = None
         self.last_checkpoint: str | None = None
-        self.train_loader: DataLoader | None = None
-        self.val_loader: DataLoader | None = None
-        self.batches_per_epoch = 0
+        self.last_checkpoint_step: int | None = None
+        self.train_loader = self.val_loader = None
+        self.batches_per_epoch: int | None = 0
         self.logger = RunLogger([])
-        self._dispatch: dict[Event, list[Callback]] = {}
+        self._guard = StepGuard(self.cfg.grad.non_finite, self.scaler.is_enabled())
+        self._interval = IntervalMeter()
         self._stop_reason: str | None = None
-        self._pin_final = False
-        self._pause_requested = False
+        self._pin_final = self._pause_requested = False
         self._preempt_signal: str | None = None
-        self._skip_batches: set[tuple[int, int]] = set()
-        self._rng_before_validation: dict | None = None
-        self._pending_validation = False
-        self._refresh_dispatch()
+        self._last_health_check, self._memory, self._extremes = -float("inf"), {}, None
+        for cb in callbacks:
+            self.add_callback(cb)
 
     # ------------------------------------------------------------------ public control
     @property
@@ -147,11 +139,16 @@ class Trainer:
         """Pause at the next step boundary (from a callback, another thread, or SIGUSR1)."""
         self._pause_requested = True
 
-    def resume(self) -> None:
+    def unpause(self) -> None:
         """Leave PAUSED (another thread, or SIGUSR2)."""
         self._pause_requested = False
         if self.phase == Phase.PAUSED:
             self.lifecycle.to(Phase.RUNNING)
+
+    def resume(self) -> None:
+        """Deprecated name of ``unpause`` (``resume`` means continuing from a checkpoint)."""
+        warnings.warn("Trainer.resume() is deprecated: use unpause()", DeprecationWarning, stacklevel=2)
+        self.unpause()
 
     def stop(self, reason: str = "stopped by request", *, pin: bool = False) -> None:
         """End the run normally at the next step boundary; ``pin`` keeps its final checkpoint forever."""
@@ -162,13 +159,23 @@ class Trainer:
         if self.phase == Phase.PAUSED:
             self.lifecycle.notify()
 
+    def request_preemption(self, signal_name: str) -> None:
+        """Checkpoint at the next step boundary (also inside validation), then exit 75."""
+        self._preempt_signal = signal_name
+
+    @property
+    def preemption_requested(self) -> str | None:
+        return self._preempt_signal
+
     def add_callback(self, callback: Callback) -> None:
-        self.callbacks.append(callback)
-        self._refresh_dispatch()
+        self.callbacks = [*self.callbacks, callback]  # a new list: safe while an event is dispatched
+        if overrides(callback, "state_dict"):
+            self.state.register(f"callback/{callback.state_key}", callback, required=False)
 
     def remove_callback(self, callback: Callback) -> None:
-        self.callbacks.remove(callback)
-        self._refresh_dispatch()
+        self.callbacks = [cb for cb in self.callbacks if cb is not callback]
+        if self.state.parts.get(f"callback/{callback.state_key}") is callback:
+            self.state.unregister(f"callback/{callback.state_key}")
 
     # ------------------------------------------------------------------ fit
     def fit(self, train_data: Any = None, val_data: Any = None, *, resume_from: str | Path | None = None) -> FitResult:
@@ -179,7 +186,7 @@ class Trainer:
         try:
             train_data, val_data = fit_data(train_data, val_data, self.cfg)
             self._setup_run(train_data, val_data)
-            if resume_from is not None and resume(self, resume_from):
+            if resume_from is not None and self._restore(resume_from):
                 return self._already_finished()
             if resume_from is None and self.checkpoints is not None and self.checkpoints.list(deep=False):
                 warnings.warn(f"starting a fresh run in {self.cfg.run_dir}, which holds checkpoints of an earlier "
@@ -190,7 +197,7 @@ class Trainer:
                 self._train()
             self._finish(Phase.COMPLETED)
         except _PreemptNow:
-            save_on_preemption(self)
+            self._save_on_preemption()
             self._finish(Phase.COMPLETED)
             raise Preempted(self._preemption_message()) from None
         except BaseException as exc:
@@ -200,71 +207,249 @@ class Trainer:
         return self._result()
 
     def _train(self) -> None:
-        c = self.state.counters
-        if self._pending_validation:
-            self._validate_and_record(mid_epoch=True)
-        while self._stop_reason is None and not self._budget_reached():
+        while True:
             try:
-                consumed = self._run_epoch()
-            except _RolledBack:
-                continue
-            if consumed == 0 and self.batches_per_epoch == 0:
-                warnings.warn("training data is empty: nothing to train on", stacklevel=3)
-                self._stop_reason = "training data is empty"
+                if self.state.pending_validation:
+                    self.record_validation(mid_epoch=True)
+                while self._stop_reason is None and not self._budget_reached():
+                    if self._run_epoch() == 0 and self.batches_per_epoch == 0:
+                        warnings.warn("training data is empty: nothing to train on", stacklevel=3)
+                        self._stop_reason = "training data is empty"
+                self.log_interval()
+                break
+            except _RollBack as rb:  # the one place a non-finite step under `rollback` is handled
+                self._rollback(rb)
+        c = self.state.counters
         self.state.stopped_reason = self._stop_reason or self._budget_reason()
-        self._flush_interval(log=True)
-        if self._validation_enabled() and c.last_val_step != c.step and c.step > 0:
-            self._validate_and_record(mid_epoch=True)  # the result holds final validation values
+        if self.has_validation and c.last_val_step != c.step and c.step > 0:
+            self.record_validation(mid_epoch=True)  # the result holds final validation values
         if self.checkpoints is not None and (self.cfg.checkpoint.save_last or self._pin_final):
             self.save_checkpoint(pinned=self._pin_final)
 
     def _run_epoch(self) -> int:
+        """Optimizer steps until the epoch's batches run out or a boundary ends the run. Returns the
+        batches consumed."""
         c = self.state.counters
-        batches = epoch_iterator(self.train_loader, self.cfg.seed, c.epoch, c.batch_in_epoch)
-        self._fire(Event.EPOCH_START)
-        self.model.train()
         if c.batch_in_epoch == 0:
             c.epoch_start_step = c.step
+        start = c.batch_in_epoch
+        self._fire(Event.EPOCH_START)
+        self.model.train()
         self._epoch_started = time.perf_counter()
-        accumulate, micro, consumed, group_loss = self.cfg.grad.accumulate, 0, 0, None
+        batches = self._epoch_batches()
+        while self._train_step(batches):
+            if self._check_controls():
+                return c.batch_in_epoch - start
+        self._end_epoch()
+        return c.batch_in_epoch - start
+
+    def _epoch_batches(self) -> Iterator[Any]:
+        """The epoch's batches from the resume position on, less those a rollback excluded and empty ones."""
+        c = self.state.counters
+        batches = epoch_iterator(self.train_loader, self.cfg.seed, c.epoch, c.batch_in_epoch)
         waited = time.perf_counter()
         for batch in batches:
             self._interval.data_wait += time.perf_counter() - waited
             index = c.batch_in_epoch
             c.batch_in_epoch += 1
-            consumed += 1
-            if (self._skip_batches and (c.epoch, index) in self._skip_batches) or batch_size_of(batch) == 0:
-                self._skip_batch(index, batch)
-                waited = time.perf_counter()
-                continue
-            batch = batch if self.device.type == "cpu" else to_device(batch, self.device)
+            if (c.epoch, index) in self.state.skip_batches or batch_size_of(batch) == 0:
+                c.skipped_batches += 1
+                if batch_size_of(batch) == 0:
+                    warnings.warn(f"empty batch {index} in epoch {c.epoch + 1} skipped", stacklevel=2)
+            else:
+                yield batch if self.device.type == "cpu" else to_device(batch, self.device)
+            waited = time.perf_counter()
+
+    # ------------------------------------------------------------------ one optimizer step
+    def _train_step(self, batches: Iterator[Any]) -> bool:
+        """One optimizer step over up to ``grad.accumulate`` micro-batches pulled from ``batches``
+        (fewer at an epoch's end). False when no batch was left. No host sync: a non-finite step is
+        dropped on the device (StepGuard) and reported at the log interval."""
+        c, accumulate = self.state.counters, self.cfg.grad.accumulate
+        self._apply_lr()
+        first, micro, loss_sum, end_pending = c.batch_in_epoch, 0, None, False
+        for batch in batches:
+            if end_pending:
+                self._fire(Event.BATCH_END)  # the previous micro-batch's; the last one's follows the step
             try:
                 self._fire(Event.BATCH_START)
             except SkipBatch:
                 c.skipped_batches += 1
-                waited = time.perf_counter()
+                end_pending = False
                 continue
-            loss = self._forward_backward(batch, accumulate)
-            group_loss = loss if group_loss is None else group_loss + loss
-            micro += 1
+            with self.autocast():
+                out = self.task.train_step(self.forward_model, batch)
+            # loss / N per micro-batch, so N micro-batches give the gradient of their mean (x / 1 == x: no kernel)
+            self.scaler.scale(out.loss if accumulate == 1 else out.loss / accumulate).backward()
+            loss = out.loss.detach()
+            loss_sum = loss if loss_sum is None else loss_sum + loss
+            self._interval.add_batch(out.samples, out.tokens)
+            c.samples_seen += out.samples
+            c.tokens_seen += out.tokens
+            micro, end_pending = micro + 1, True
             if micro == accumulate:
-                self._optimizer_step(group_loss if accumulate == 1 else group_loss / accumulate)
-                micro, group_loss = 0, None
-            self._fire(Event.BATCH_END)
-            if micro == 0 and self._at_step_boundary():
-                return consumed
-            waited = time.perf_counter()
-        if micro:  # a partial accumulation group at the end of the epoch still steps
-            self._optimizer_step(group_loss / accumulate)
-        self._end_epoch()
-        return consumed
+                break
+        if micro == 0:
+            return False
+        loss = loss_sum if accumulate == 1 else loss_sum / accumulate
+        self.scaler.unscale_(self.optimizer)
+        self._fire(Event.AFTER_BACKWARD)  # gradients complete and unscaled: filters act here
+        norm = clip_gradients(self._params, self.cfg.grad.clip_norm, self.cfg.grad.clip_value)
+        if self.cfg.log.level == "verbose" and (c.step + 1) % self.cfg.log.every_steps == 0:
+            self._extremes = grad_extremes(self._params)
+        drop, bad = self._guard.flags(loss, norm)
+        self._fire(Event.BEFORE_OPTIMIZER_STEP)
+        self._guard.step(self.optimizer, drop)
+        if self.scaler.is_enabled():
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        c.step += 1
+        c.weight_version += 1  # less the dropped ones, counted at the log interval
+        self._interval.add_step(c.step, loss, norm, drop, bad, position=(c.epoch, first, c.batch_in_epoch))
+        self._fire(Event.AFTER_OPTIMIZER_STEP)
+        self._fire(Event.BATCH_END)
+        return True
+
+    def step(self, batch: Any) -> dict[str, float]:
+        """One optimizer step on one batch, outside ``fit`` (manual use; syncs to return the loss)."""
+        self.model.train()
+        self._train_step(iter([to_device(batch, self.device)]))
+        interval = self._interval.flush()
+        return {"loss": interval.losses[-1], "lr": self.lr}
+
+    def _apply_lr(self) -> None:
+        factor = self.state.lr_scale * self.schedule(self.state.counters.step)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+
+    # ------------------------------------------------------------------ the log interval
+    def log_interval(self, *, log: bool = True) -> None:
+        """Close the interval: one host sync, the non-finite policy acted on, losses into the
+        history, and (``log``) one train record to the sinks."""
+        if not self._interval.steps:
+            return
+        probes = self._probes() if log else {}
+        interval = self._interval.flush(probes)
+        self._act_on_non_finite(interval)
+        kept = interval.kept
+        self.state.record_many("train/loss", [interval.steps[i] for i in kept], [interval.losses[i] for i in kept])
+        if not log:
+            return
+        record: dict[str, Any] = {"lr": self.lr, **interval.rates, "weight_version": self.state.counters.weight_version}
+        if kept:
+            record["train/loss"], record["grad/norm"] = interval.losses[kept[-1]], interval.norms[kept[-1]]
+        record.update({k: v for k, v in interval.probes.items() if k.startswith("grad/")})
+        record.update(self._data_stats())
+        plugin_values: dict[str, Any] = {}
+        for cb in self.callbacks:
+            if overrides(cb, "log_values"):
+                plugin_values.update(cb.log_values(self))
+        record.update(self._memory)
+        self.state.metrics.update(record)
+        self.state.metrics.update(plugin_values)
+        self.state.record("lr", interval.steps[-1], self.lr)
+        for name, value in plugin_values.items():
+            self.state.record(name, interval.steps[-1], value)
+        self._log("train", record, plugin_values)
+
+    def _probes(self) -> dict[str, torch.Tensor]:
+        """Device values read in the interval's one sync: gradient extremes (verbose) and, at most once
+        a second, the weights' norm (finite only if every weight is) and memory."""
+        probes: dict[str, torch.Tensor] = {}
+        if self._extremes is not None:
+            probes["grad/max"], probes["grad/min"] = self._extremes
+            self._extremes = None
+        now = time.monotonic()
+        if now - self._last_health_check >= 1.0:
+            self._last_health_check = now
+            probes["weights/norm"] = total_norm([p.detach() for p in self.model.parameters()])
+            if self.cfg.log.memory and self.cfg.log.level != "minimal":
+                self._memory = memory_stats()
+        return probes
+
+    def _act_on_non_finite(self, interval: Interval) -> None:
+        c = self.state.counters
+        c.weight_version -= len(interval.dropped_at)
+        verdict = judge(interval, self.cfg.grad.non_finite, c.step)
+        if verdict is None:
+            self._guard.reset()
+        elif verdict.action == "skip":
+            for text in verdict.skipped:
+                c.skipped_steps += 1
+                warnings.warn(f"{text} ({c.skipped_steps} so far)", stacklevel=3)
+        elif verdict.action == "rollback":
+            epoch, first, end = verdict.position
+            raise _RollBack(verdict.message, {(epoch, b) for b in range(first, end)})
+        else:  # halt: every update from the bad step on was dropped, and the counters say so
+            c.step = c.step if verdict.first_bad is None else verdict.first_bad
+            raise NonFiniteError(f"{verdict.message}: halting. The run directory {self.cfg.run_dir} is intact; "
+                                 "use non_finite: skip or rollback to continue past bad steps")
+
+    def _rollback(self, rb: _RollBack) -> None:
+        """Restore the last good checkpoint, scale the lr down, skip the offending batches."""
+        g = self.cfg.grad
+        rollbacks = self.state.counters.rollbacks + 1
+        if rollbacks > g.max_rollbacks:
+            raise NonFiniteError(f"{rb.message}: gave up after {g.max_rollbacks} rollbacks")
+        found = self.checkpoints.load_latest() if self.checkpoints is not None else None
+        if found is None:
+            raise NonFiniteError(f"{rb.message}: no checkpoint to roll back to")
+        info, payload = found
+        skip = self.state.skip_batches | rb.batches
+        snapshot.restore_payload(self.state, payload)
+        self.state.skip_batches = skip
+        self.state.counters.rollbacks = rollbacks
+        self.state.lr_scale *= g.rollback_lr_factor
+        self.last_checkpoint, self.last_checkpoint_step = str(info.path), info.step
+        self._interval, self._stop_reason = IntervalMeter(), None  # the undone steps' losses are dropped
+        self._guard.reset()
+        self._apply_lr()
+        warnings.warn(f"{rb.message}: rolled back to {info.name} (step {info.step}), lr x{g.rollback_lr_factor}, "
+                      f"skipping {len(rb.batches)} batch(es); rollback {rollbacks}/{g.max_rollbacks}", stacklevel=3)
+
+    # ------------------------------------------------------------------ validation
+    @property
+    def has_validation(self) -> bool:
+        v = self.cfg.validation
+        return (self.val_loader is not None or bool(self.evaluators)) and (v.every_epochs or v.every_steps) is not None
+
+    def validate(self, val_data: Any = None) -> dict[str, float]:
+        """Evaluate on ``val_data`` (or the fit's validation data): task metrics plus evaluators."""
+        loader = loader_for(val_data, self.cfg, train=False) if val_data is not None else self.val_loader
+        if loader is None and not self.evaluators:
+            raise ValueError("validate() needs validation data: pass it here or to fit(..., val_data)")
+        try:
+            return evaluate(self.model, self.task, loader, forward_model=self.forward_model, evaluators=self.evaluators,
+                            autocast=self.autocast, device=self.device, max_batches=self.cfg.validation.max_batches,
+                            seed=self.cfg.seed, interrupted=lambda: self._preempt_signal is not None)
+        except Interrupted:
+            raise _PreemptNow() from None
+
+    def record_validation(self, mid_epoch: bool) -> None:
+        """Validate now and record the values (history, best, metrics, sinks, plateau schedule)."""
+        c = self.state.counters
+        started = time.perf_counter()
+        self._fire(Event.VALIDATION_START)
+        self.state.pending_validation = True  # a preemption inside it redoes it on resume
+        metrics = self.validate()
+        self.state.pending_validation = False
+        self._interval.excluded += time.perf_counter() - started
+        c.last_val_step = c.step
+        self.state.metrics.update(metrics)
+        update_best(self.state.best, metrics)
+        for name, value in metrics.items():
+            self.state.record(name, c.step, value)
+        observe = getattr(self.schedule, "observe", None)
+        if observe is not None and self.cfg.schedule.monitor in metrics:
+            observe(metrics[self.cfg.schedule.monitor])
+        self._fire(Event.VALIDATION_END)
+        self._log("val", {**metrics, "mid_epoch": mid_epoch})
 
     def _end_epoch(self) -> None:
         c = self.state.counters
-        self._flush_interval(log=False)
-        if (self._validation_enabled() and self._is_due(self.cfg.validation.every_epochs, c.epoch + 1)
-                and c.last_val_step != c.step):
-            self._validate_and_record(mid_epoch=False)
+        self.log_interval(log=False)
+        if self.has_validation and _is_due(self.cfg.validation.every_epochs, c.epoch + 1) and c.last_val_step != c.step:
+            self.record_validation(mid_epoch=False)
         curve = self.state.history.get("train/loss", {"step": [], "value": []})
         summary = epoch_summary(curve, c.epoch_start_step, self._epoch_started)
         self.state.metrics.update(summary)
@@ -274,176 +459,66 @@ class Trainer:
         self._log("epoch", summary)
         c.epoch += 1
         c.batch_in_epoch = 0
-        if (self.checkpoints is not None and self._stop_reason is None and not self._budget_reached()
-                and self._is_due(self.cfg.checkpoint.every_epochs, c.epoch)):
-            self.save_checkpoint()
-
-    def _at_step_boundary(self) -> bool:
-        """Logging, step-based validation and checkpoints, then control requests. True ends the epoch."""
-        c = self.state.counters
-        if c.step % self.cfg.log.every_steps == 0 and self._interval.steps:
-            self._flush_interval(log=True)
-        if (self._validation_enabled() and self._is_due(self.cfg.validation.every_steps, c.step)
-                and c.last_val_step != c.step):
-            self._validate_and_record(mid_epoch=True)
-        if self._is_due(self.cfg.checkpoint.every_steps, c.step) and self.checkpoints is not None:
-            self.save_checkpoint()
-        self._check_controls()
-        return self._stop_reason is not None or self._budget_reached()
-
-    # ------------------------------------------------------------------ one optimizer step
-    def _forward_backward(self, batch: Any, divisor: int) -> torch.Tensor:
-        with self.autocast():
-            out = self.task.train_step(self.forward_model, batch)
-        loss = out.loss if divisor == 1 else out.loss / divisor  # x / 1 == x: skip the kernel
-        self.scaler.scale(loss).backward()
-        self._interval.add_batch(out.samples, out.tokens)
-        self.state.counters.samples_seen += out.samples
-        self.state.counters.tokens_seen += out.tokens
-        return out.loss.detach()
-
-    def _optimizer_step(self, loss: torch.Tensor) -> None:
-        c, g = self.state.counters, self.cfg.grad
-        params = self._params
-        self.scaler.unscale_(self.optimizer)
-        self._fire(Event.AFTER_BACKWARD)  # gradients complete and unscaled: filters act here
-        norm = clip_gradients(params, g.clip_norm, g.clip_value)
-        if self.cfg.log.level == "verbose" and (c.step + 1) % self.cfg.log.every_steps == 0:
-            self._grad_extremes = grad_extremes(params)
-        # One host sync per step: NaN/inf in either propagates through the sum (norm >= 0).
-        if not math.isfinite(float(loss + norm.to(loss.device))):
-            if self.scaler.is_enabled() and is_finite(loss):
-                self.scaler.step(self.optimizer)  # fp16 overflow: the scaler skips and lowers its scale
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                return
-            self._handle_non_finite(float(loss), float(norm))
-            return
-        self._apply_lr()
-        self._fire(Event.BEFORE_OPTIMIZER_STEP)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        c.step += 1
-        c.weight_version += 1
-        self._grad_norm = norm
-        self._interval.add_step(c.step, loss)
-        self._fire(Event.AFTER_OPTIMIZER_STEP)
-
-    def step(self, batch: Any) -> dict[str, float]:
-        """One optimizer step on one batch, outside ``fit`` (manual use). Returns loss and lr."""
-        if not hasattr(self, "_interval"):
-            self._interval = IntervalMeter()
-            self._grad_norm = self._grad_extremes = None
-        self.model.train()
-        loss = self._forward_backward(to_device(batch, self.device), divisor=1)
-        self._optimizer_step(loss)
-        return {"loss": float(loss), "lr": self.lr}
-
-    def _apply_lr(self) -> None:
-        factor = self.state.lr_scale * self.schedule(self.state.counters.step)
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * factor
-
-    def _handle_non_finite(self, loss: float, norm: float) -> None:
-        c, policy = self.state.counters, self.cfg.grad.non_finite
-        message = non_finite_message(c.step, loss, norm, policy)
-        self.optimizer.zero_grad(set_to_none=True)
-        if policy == "skip":
-            c.skipped_steps += 1
-            warnings.warn(f"{message}: step skipped ({c.skipped_steps} so far)", stacklevel=2)
-            return
-        if policy == "rollback":
-            self._rollback(message)
-        raise NonFiniteError(f"{message}: halting. The run directory {self.cfg.run_dir} is intact; "
-                             "use non_finite: skip or rollback to continue past bad steps")
-
-    def _rollback(self, message: str) -> None:
-        rollback(self, message)  # restores the last good checkpoint, lowers lr; raises when it cannot
-        raise _RolledBack()
-
-    # ------------------------------------------------------------------ validation
-    def validate(self, val_data: Any = None) -> dict[str, float]:
-        """Evaluate on ``val_data`` (or the fit's validation data): task metrics plus evaluators."""
-        loader = loader_for(val_data, self.cfg, train=False) if val_data is not None else self.val_loader
-        if loader is None and not self.evaluators:
-            raise ValueError("validate() needs validation data: pass it here or to fit(..., val_data)")
-        was_training = self.model.training
-        self.model.eval()
-        metrics: dict[str, float] = {}
-        # Validation must not move the training RNG: a run with and without it (or resumed
-        # mid-validation) trains on identical random streams.
-        rng = capture_rng()
-        self._rng_before_validation = rng
-        try:
-            with torch.no_grad():
-                if loader is not None:
-                    metrics.update(self._evaluate_loader(loader))
-                for evaluator in self.evaluators:
-                    metrics.update(evaluator(self.model))
-        finally:
-            restore_rng(rng)
-            self._rng_before_validation = None
-            self.model.train(was_training)
-        return metrics
-
-    def _evaluate_loader(self, loader: DataLoader) -> dict[str, float]:
-        sums: dict[str, torch.Tensor] = {}
-        limit = self.cfg.validation.max_batches
-        prepare_epoch(loader, self.cfg.seed, 0)
-        for i, batch in enumerate(loader):
-            if limit is not None and i >= limit:
-                break
-            if self._preempt_signal:
-                raise _PreemptNow()
-            if batch_size_of(batch) == 0:
-                continue
-            with self.autocast():
-                out = self.task.eval_step(self.forward_model, to_device(batch, self.device))
-            for k, v in out.items():
-                sums[k] = sums[k] + v if k in sums else v
-        return self.task.summarize(sums) if sums else {}
-
-    def _validate_and_record(self, mid_epoch: bool) -> None:
-        c = self.state.counters
-        started = time.perf_counter()
-        self._fire(Event.VALIDATION_START)
-        self._pending_validation = True
-        metrics = self.validate()
-        self._pending_validation = False
-        self._interval.excluded += time.perf_counter() - started
-        c.last_val_step = c.step
-        self.state.metrics.update(metrics)
-        update_best(self.state.best, metrics)
-        for name, value in metrics.items():
-            self.state.record(name, c.step, value)
-        if isinstance(self.schedule, ReduceOnPlateau) and self.cfg.schedule.monitor in metrics:
-            self.schedule.observe(metrics[self.cfg.schedule.monitor])
-        self._fire(Event.VALIDATION_END)
-        self._log("val", {**metrics, "mid_epoch": mid_epoch})
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, name: str | None = None, *, pinned: bool = False) -> str | None:
         """Write the whole TrainState now (between steps). Returns the checkpoint path."""
         if self.checkpoints is None:
             raise RuntimeError("no checkpoint directory: call fit() first or enable checkpoint in the config")
-        if not weights_finite(self.model):
+        self.log_interval(log=False)  # acts on a non-finite step first; the history gets the interval's losses
+        if not torch.isfinite(total_norm([p.detach() for p in self.model.parameters()])):
             warnings.warn("weights are not finite: checkpoint not written (the previous one stays latest)", stacklevel=2)
             return None
         c = self.state.counters
-        self._flush_interval(log=False)  # per-step losses since the last log belong in the saved history
         started = time.perf_counter()
         previous = self.lifecycle.to(Phase.CHECKPOINTING)
         try:
-            payload = build_payload(self)
+            payload = snapshot.build_payload(self.state, self._identity())
             path = self.checkpoints.save(name or f"step-{c.step:09d}", payload, step=c.step, epoch=c.epoch,
                                          metrics=dict(self.state.metrics), pinned=pinned)
-            self.last_checkpoint = str(path)
+            self.last_checkpoint, self.last_checkpoint_step = str(path), c.step
         finally:
             self.lifecycle.to(previous)
             self._interval.excluded += time.perf_counter() - started
         self._fire(Event.CHECKPOINT)
         return self.last_checkpoint
+
+    def _identity(self) -> dict[str, Any]:
+        return {"config": self.cfg.to_dict(), "optimizer": type(self.optimizer).__name__, "task": self.task.name}
+
+    def _restore(self, resume_from: str | Path) -> bool:
+        """Load a checkpoint (phase RESTORING). True when that run had already finished (a gate, an
+        early stop, its budget), so there is nothing to do; a budget that was raised goes on."""
+        if str(resume_from) == "latest":
+            found = self.checkpoints.load_latest() if self.checkpoints is not None else None
+            if found is None:
+                print(f"trainforge: no checkpoint in {Path(self.cfg.run_dir) / 'checkpoints'}; starting fresh",
+                      file=sys.stderr)
+                return False
+            path, payload = found[0].path, found[1]
+        else:
+            path, payload = Path(resume_from), load_checkpoint(resume_from)
+        payload = snapshot.upgrade(payload)
+        snapshot.check(self._identity(), self.model.state_dict(), payload["meta"])
+        self.lifecycle.to(Phase.RESTORING)
+        snapshot.restore_payload(self.state, payload)
+        self.last_checkpoint, self.last_checkpoint_step = str(path), self.state.counters.step
+        self._apply_lr()
+        reason = self.state.stopped_reason
+        if reason is None or reason == "preempted" or reason.startswith("error"):
+            return False
+        if reason.startswith(("max_steps", "max_epochs")) and not self._budget_reached():
+            self.state.stopped_reason = None  # the budget was raised: train on
+            return False
+        return True
+
+    def _save_on_preemption(self) -> None:
+        """The SIGTERM/SIGINT checkpoint, of the state at the last step boundary."""
+        self.state.stopped_reason = "preempted"
+        if self.checkpoints is not None:
+            self.checkpoints.wait()
+            self.save_checkpoint()
+            self.checkpoints.wait()
 
     def _already_finished(self) -> FitResult:
         print(f"trainforge: run in {self.cfg.run_dir} already finished ({self.state.stopped_reason}); "
@@ -451,8 +526,7 @@ class Trainer:
         self.lifecycle.to(Phase.RUNNING)
         self.lifecycle.to(Phase.COMPLETED)
         self.logger.close()
-        result_path = Path(self.cfg.run_dir) / "result.json"
-        if not result_path.exists():
+        if not (Path(self.cfg.run_dir) / "result.json").exists():
             self._write_result()
         return self._result()
 
@@ -463,23 +537,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup and teardown
     def _setup_run(self, train_data: Any, val_data: Any) -> None:
-        cfg = self.cfg
-        run_dir = Path(cfg.run_dir)
+        cfg, run_dir = self.cfg, Path(self.cfg.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg.seed)
         self.train_loader = loader_for(train_data, cfg, train=True)
         self.val_loader = loader_for(val_data, cfg, train=False) if val_data is not None else None
         try:
-            self.batches_per_epoch: int | None = len(self.train_loader)
+            self.batches_per_epoch = len(self.train_loader)
         except TypeError:  # an iterable dataset without a length
             self.batches_per_epoch = None
         self.schedule = build_schedule(cfg.schedule, schedule_horizon(cfg, self.batches_per_epoch))
+        if callable(getattr(self.schedule, "state_dict", None)):
+            self.state.register("schedule", self.schedule)
+        dataset = getattr(self.train_loader, "dataset", None)
+        if callable(getattr(dataset, "state_dict", None)) and callable(getattr(dataset, "load_state_dict", None)):
+            self.state.register("data", dataset)  # a stream's position and drop counts
         self._interval = IntervalMeter()
-        self._grad_norm: torch.Tensor | None = None
-        self._last_health_check, self._memory = -math.inf, {}
-        self._grad_extremes: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.callbacks = default_callbacks(cfg, self.callbacks)
-        self._refresh_dispatch()
+        for cb in default_callbacks(cfg, self.callbacks)[::-1]:
+            if cb not in self.callbacks:
+                self.add_callback(cb)
+                self.callbacks = [cb, *self.callbacks[:-1]]  # defaults go first
         if cfg.checkpoint.enabled:
             ck = cfg.checkpoint
             self.checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=ck.keep_last, keep_best=ck.keep_best,
@@ -495,10 +572,9 @@ class Trainer:
         return (cfg.max_steps is not None and c.step >= cfg.max_steps) or (cfg.max_epochs is not None and c.epoch >= cfg.max_epochs)
 
     def _budget_reason(self) -> str:
-        c, cfg = self.state.counters, self.cfg
-        if cfg.max_steps is not None and c.step >= cfg.max_steps:
-            return f"max_steps reached ({cfg.max_steps})"
-        return f"max_epochs reached ({cfg.max_epochs})"
+        if self.cfg.max_steps is not None and self.state.counters.step >= self.cfg.max_steps:
+            return f"max_steps reached ({self.cfg.max_steps})"
+        return f"max_epochs reached ({self.cfg.max_epochs})"
 
     def _finish(self, phase: Phase, exc: BaseException | None = None) -> None:
         if exc is not None:
@@ -515,7 +591,8 @@ class Trainer:
         self.logger.close(failed=exc is not None)
 
     # ------------------------------------------------------------------ control, events, logging
-    def _check_controls(self) -> None:
+    def _check_controls(self) -> bool:
+        """Preemption and pause requests, at a step boundary. True ends the epoch (stop or budget)."""
         if self._preempt_signal:
             raise _PreemptNow()
         if self._pause_requested and self._stop_reason is None:
@@ -526,73 +603,21 @@ class Trainer:
                 self.lifecycle.to(Phase.RUNNING)
             if self._preempt_signal:
                 raise _PreemptNow()
-
-    def _validation_enabled(self) -> bool:
-        v = self.cfg.validation
-        return (self.val_loader is not None or bool(self.evaluators)) and (v.every_epochs or v.every_steps) is not None
-
-    def _is_due(self, every: int | None, count: int) -> bool:
-        return every is not None and count > 0 and count % every == 0
-
-    def _skip_batch(self, index: int, batch: Any) -> None:
-        self.state.counters.skipped_batches += 1
-        if batch_size_of(batch) == 0:
-            warnings.warn(f"empty batch {index} in epoch {self.state.counters.epoch + 1} skipped", stacklevel=3)
-
-    def _refresh_dispatch(self) -> None:
-        # Only callbacks that override an event are called for it: a no-op costs nothing per step.
-        self._dispatch = {e: [cb for cb in self.callbacks if overrides(cb, e)] for e in Event}
+        return self._stop_reason is not None or self._budget_reached()
 
     def _fire(self, event: Event) -> None:
-        # _refresh_dispatch swaps in new lists, so a callback added or removed here is safe.
-        for cb in self._dispatch[event]:
-            try:
-                getattr(cb, event.value)(self)
-            except StopTraining as s:
-                self.stop(s.reason)
+        for cb in self.callbacks:  # add/remove_callback swap in a new list: safe during the loop
+            if overrides(cb, event):
+                try:
+                    getattr(cb, event.value)(self)
+                except StopTraining as s:
+                    self.stop(s.reason)
 
     def _fire_safely(self, event: Event) -> None:
         try:
             self._fire(event)
         except Exception as e:  # teardown must finish even when a callback fails
             warnings.warn(f"callback failed during {event.value}: {e!r}", stacklevel=2)
-
-    def _flush_interval(self, log: bool) -> None:
-        if not self._interval.steps:
-            return
-        verbose = self.cfg.log.level == "verbose"
-        steps, values, rates = self._interval.flush()
-        self.state.record_many("train/loss", steps, values)
-        if not log:
-            return
-        record: dict[str, Any] = {"train/loss": values[-1], "lr": self.lr, **rates,
-                                  "weight_version": self.state.counters.weight_version}
-        if self._grad_norm is not None:
-            record["grad/norm"] = float(self._grad_norm)
-        if verbose and self._grad_extremes is not None:
-            record["grad/max"], record["grad/min"] = (float(t) for t in self._grad_extremes)
-        record.update(self._data_stats())
-        plugin_values: dict[str, Any] = {}
-        for cb in self.callbacks:
-            if overrides(cb, "log_values"):
-                plugin_values.update(cb.log_values(self))
-        # Memory and a pass over all weights at most once a second: at a tiny model's log rate they
-        # would cost more than its steps. (Before every checkpoint the weights are checked anyway.)
-        now = time.monotonic()
-        if now - self._last_health_check >= 1.0 or steps[-1] <= self.cfg.log.every_steps:
-            self._last_health_check = now
-            if self.cfg.log.memory and self.cfg.log.level != "minimal":
-                from .callbacks.monitors import memory_stats
-                self._memory = memory_stats()
-            if not weights_finite(self.model):
-                self._handle_non_finite(values[-1], float("nan"))
-        record.update(self._memory)
-        self.state.metrics.update(record)
-        self.state.metrics.update(plugin_values)
-        self.state.record("lr", steps[-1], self.lr)
-        for name, value in plugin_values.items():
-            self.state.record(name, steps[-1], value)
-        self._log("train", record, plugin_values)
 
     def _data_stats(self) -> dict[str, float]:
         """Counters of a cache or quality filter around the training data (hits, drops), if any."""
@@ -602,12 +627,6 @@ class Trainer:
     def _log(self, kind: str, values: dict[str, Any], plugin_values: dict[str, Any] | None = None) -> None:
         c = self.state.counters
         self.logger.write({"kind": kind, "step": c.step, "epoch": c.epoch, "time": time.time(), **values}, plugin_values)
-
-    def _autocast_factory(self) -> Callable[[], contextlib.AbstractContextManager]:
-        if self.cfg.precision == "32":
-            return contextlib.nullcontext
-        dtype = torch.bfloat16 if self.cfg.precision == "bf16-mixed" else torch.float16
-        return partial(torch.autocast, device_type=self.device.type, dtype=dtype)
 
     # ------------------------------------------------------------------ results
     def _result(self) -> FitResult:
@@ -619,9 +638,10 @@ class Trainer:
             gate_passed=self.result_extra.get("gate_passed"), extra=dict(self.result_extra))
 
     def _write_result(self, error: BaseException | None = None) -> None:
-        result = {"summary": run_summary(self.state, self._data_stats()), "stopped_reason": self.state.stopped_reason,
-                  "final_checkpoint": self.last_checkpoint, "gate_passed": None, "phase": str(self.phase),
-                  **self.result_extra, "curves": self.state.history, "config": self.cfg.to_dict()}
-        if error is not None:
-            result["error"] = f"{type(error).__name__}: {error}"
-        write_result(Path(self.cfg.run_dir) / "result.json", result)
+        write_result(Path(self.cfg.run_dir) / "result.json", result_record(
+            self.state, self._data_stats(), final_checkpoint=self.last_checkpoint, phase=str(self.phase),
+            extra=self.result_extra, config=self.cfg.to_dict(), error=error))
+
+
+def _is_due(every: int | None, count: int) -> bool:
+    return every is not None and count > 0 and count % every == 0

@@ -1,5 +1,6 @@
 """Built-in callbacks: progress bar, logging sinks, early stopping and gates, monitors, trackers."""
 
+from .cadence import Cadence
 from .control import EarlyStopping, Gate
 from .logging import ConsoleSink, JsonlSink, RunLogger
 from .progress import ProgressBar
@@ -7,10 +8,10 @@ from .progress import ProgressBar
 
 
 def default_callbacks(cfg, callbacks: list) -> list:
-    """The built-in callbacks a config asks for (progress bar, early stopping, gate, profiler),
-    placed before the user's; one the user already passed is not added twice."""
+    """The built-in callbacks a config asks for (cadence, progress bar, early stopping, gate,
+    profiler), placed before the user's; one the user already passed is not added twice."""
     have = {type(cb) for cb in callbacks}
-    defaults = []
+    defaults = [] if any(isinstance(cb, Cadence) for cb in callbacks) else [Cadence()]
     if cfg.log.progress and ProgressBar not in have:
         defaults.append(ProgressBar())
     if cfg.early_stopping is not None and EarlyStopping not in have:
@@ -24,4 +25,4 @@ def default_callbacks(cfg, callbacks: list) -> list:
     return defaults + list(callbacks)
 
 
-__all__ = ["default_callbacks", "EarlyStopping", "Gate", "ConsoleSink", "JsonlSink", "RunLogger", "ProgressBar"]
+__all__ = ["default_callbacks", "Cadence", "EarlyStopping", "Gate", "ConsoleSink", "JsonlSink", "RunLogger", "ProgressBar"]
