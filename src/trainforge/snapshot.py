@@ -1,4 +1,5 @@
-"""A run's state <-> a checkpoint payload, and whether a checkpoint fits this run.
+"""A run's state <-> a checkpoint payload, whether a checkpoint fits this run, and the two ways
+a run goes back to a checkpoint: resume and rollback (through the Trainer's public interface).
 
 A payload is ``{"model": state_dict, "tensors": {key: part state}, "meta": {...}}``: the weights go
 to safetensors, the other registered parts (optimizer, scaler, RNG, callbacks, filters, data) to a
@@ -9,9 +10,16 @@ identity (model signature, optimizer type, task) to JSON.
 from __future__ import annotations
 
 import sys
-from typing import Any
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .state import TrainState
+from .checkpoint import CheckpointError, load_checkpoint
+from .gradients import NonFiniteError
+from .state import Phase, TrainState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trainer import Trainer
 
 FORMAT = 2
 
@@ -100,3 +108,57 @@ def check(identity: dict[str, Any], model_state: dict[str, Any], meta: dict[str,
         raise ResumeError("cannot resume: the checkpoint does not match this run:\n  - " + "\n  - ".join(blocking))
     if allowed:
         print("trainforge: resuming with changed settings:\n  - " + "\n  - ".join(allowed), file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- going back to a checkpoint
+def resume_run(trainer: "Trainer", resume_from: str | Path) -> bool:
+    """Load a checkpoint into ``trainer`` (phase RESTORING). True when that run had already finished
+    (a gate, an early stop, its budget), so there is nothing to do; a budget that was raised goes on.
+    ``"latest"`` with no checkpoint starts fresh, saying so."""
+    if str(resume_from) == "latest":
+        found = trainer.checkpoints.load_latest() if trainer.checkpoints is not None else None
+        if found is None:
+            print(f"trainforge: no checkpoint in {Path(trainer.cfg.run_dir) / 'checkpoints'}; starting fresh",
+                  file=sys.stderr)
+            return False
+        path, payload = found[0].path, found[1]
+    else:
+        path = Path(resume_from)
+        if not path.exists():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        payload = load_checkpoint(path)
+    payload = upgrade(payload)
+    check(trainer.identity(), trainer.model.state_dict(), payload["meta"])
+    trainer.lifecycle.to(Phase.RESTORING)
+    restore_payload(trainer.state, payload)
+    trainer.last_checkpoint, trainer.last_checkpoint_step = str(path), trainer.state.counters.step
+    trainer.apply_lr()
+    reason = trainer.state.stopped_reason
+    if reason is None or reason == "preempted" or reason.startswith("error"):
+        return False
+    if reason.startswith(("max_steps", "max_epochs")) and not trainer.budget_reached():
+        trainer.state.stopped_reason = None  # the budget was raised: train on
+        return False
+    return True
+
+
+def rollback(trainer: "Trainer", message: str, bad_batches: set[tuple[int, int]]) -> None:
+    """Restore the last good checkpoint, scale the lr down, skip the offending batches from now on."""
+    g = trainer.cfg.grad
+    rollbacks = trainer.state.counters.rollbacks + 1
+    if rollbacks > g.max_rollbacks:
+        raise NonFiniteError(f"{message}: gave up after {g.max_rollbacks} rollbacks")
+    found = trainer.checkpoints.load_latest() if trainer.checkpoints is not None else None
+    if found is None:
+        raise NonFiniteError(f"{message}: no checkpoint to roll back to")
+    info, payload = found
+    skip = trainer.state.skip_batches | bad_batches
+    restore_payload(trainer.state, payload)
+    trainer.state.skip_batches = skip
+    trainer.state.counters.rollbacks = rollbacks
+    trainer.state.lr_scale *= g.rollback_lr_factor
+    trainer.last_checkpoint, trainer.last_checkpoint_step = str(info.path), info.step
+    trainer.telemetry.reset()  # the undone steps' losses are dropped
+    trainer.apply_lr()
+    warnings.warn(f"{message}: rolled back to {info.name} (step {info.step}), lr x{g.rollback_lr_factor}, "
+                  f"skipping {len(bad_batches)} batch(es); rollback {rollbacks}/{g.max_rollbacks}", stacklevel=4)

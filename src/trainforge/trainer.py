@@ -21,18 +21,17 @@ from torch import nn
 from . import signals, snapshot
 from .callbacks import default_callbacks
 from .callbacks.logging import RunLogger, build_sinks
-from .callbacks.monitors import memory_stats
 from .callbacks.progress import ProgressBar
-from .checkpoint import CheckpointManager, load_checkpoint
+from .checkpoint import CheckpointManager
 from .config import TrainConfig
 from .data.loader import epoch_iterator, loader_for
 from .data.spec import fit_data
 from .devices import autocast_factory, resolve_device, to_device
 from .events import Callback, Event, SkipBatch, StopTraining, overrides
 from .evaluation import Interrupted, evaluate
-from .gradients import NonFiniteError, StepGuard, clip_gradients, grad_extremes, judge, total_norm
-from .metrics import (Interval, IntervalMeter, atomic_write_text, epoch_summary, result_record, run_summary, update_best,
-                      write_result)
+from .gradients import NonFiniteError, clip_gradients, grad_extremes, total_norm
+from .metrics import atomic_write_text, epoch_summary, result_record, run_summary, update_best, write_result
+from .telemetry import RollBackRequest, Telemetry
 from .optim import build_optimizer, build_schedule
 from .optim.schedules import schedule_horizon
 from .state import Lifecycle, Phase, RngState, TrainState, seed_everything
@@ -49,14 +48,6 @@ class Preempted(SystemExit):
 
 class _PreemptNow(Exception):
     pass
-
-
-class _RollBack(Exception):
-    """A non-finite step under ``non_finite: rollback``; ``batches`` are its (epoch, batch) positions."""
-
-    def __init__(self, message: str, batches: set[tuple[int, int]]):
-        super().__init__(message)
-        self.message, self.batches = message, batches
 
 
 @dataclass
@@ -110,12 +101,10 @@ class Trainer:
         self.train_loader = self.val_loader = None
         self.batches_per_epoch: int | None = 0
         self.logger = RunLogger([])
-        self._guard = StepGuard(self.cfg.grad.non_finite, self.scaler.is_enabled())
-        self._interval = IntervalMeter()
+        self.telemetry = Telemetry(self.cfg.grad.non_finite, self.scaler.is_enabled())
         self._stop_reason: str | None = None
         self._pin_final = self._pause_requested = False
         self._preempt_signal: str | None = None
-        self._last_health_check, self._memory, self._extremes = -float("inf"), {}, None
         for cb in callbacks:
             self.add_callback(cb)
 
@@ -133,7 +122,7 @@ class Trainer:
         if not value > 0:
             raise ValueError(f"learning rate must be > 0, got {value}")
         self.state.lr_scale = value / (self.base_lrs[0] * self.schedule(self.state.counters.step))
-        self._apply_lr()
+        self.apply_lr()
 
     def pause(self) -> None:
         """Pause at the next step boundary (from a callback, another thread, or SIGUSR1)."""
@@ -186,7 +175,7 @@ class Trainer:
         try:
             train_data, val_data = fit_data(train_data, val_data, self.cfg)
             self._setup_run(train_data, val_data)
-            if resume_from is not None and self._restore(resume_from):
+            if resume_from is not None and snapshot.resume_run(self, resume_from):
                 return self._already_finished()
             if resume_from is None and self.checkpoints is not None and self.checkpoints.list(deep=False):
                 warnings.warn(f"starting a fresh run in {self.cfg.run_dir}, which holds checkpoints of an earlier "
@@ -211,14 +200,14 @@ class Trainer:
             try:
                 if self.state.pending_validation:
                     self.record_validation(mid_epoch=True)
-                while self._stop_reason is None and not self._budget_reached():
+                while self._stop_reason is None and not self.budget_reached():
                     if self._run_epoch() == 0 and self.batches_per_epoch == 0:
                         warnings.warn("training data is empty: nothing to train on", stacklevel=3)
                         self._stop_reason = "training data is empty"
                 self.log_interval()
                 break
-            except _RollBack as rb:  # the one place a non-finite step under `rollback` is handled
-                self._rollback(rb)
+            except RollBackRequest as rb:  # the one place a non-finite step under `rollback` is handled
+                snapshot.rollback(self, rb.message, rb.batches)
         c = self.state.counters
         self.state.stopped_reason = self._stop_reason or self._budget_reason()
         if self.has_validation and c.last_val_step != c.step and c.step > 0:
@@ -249,7 +238,7 @@ class Trainer:
         batches = epoch_iterator(self.train_loader, self.cfg.seed, c.epoch, c.batch_in_epoch)
         waited = time.perf_counter()
         for batch in batches:
-            self._interval.data_wait += time.perf_counter() - waited
+            self.telemetry.meter.data_wait += time.perf_counter() - waited
             index = c.batch_in_epoch
             c.batch_in_epoch += 1
             if (c.epoch, index) in self.state.skip_batches or batch_size_of(batch) == 0:
@@ -266,7 +255,7 @@ class Trainer:
         (fewer at an epoch's end). False when no batch was left. No host sync: a non-finite step is
         dropped on the device (StepGuard) and reported at the log interval."""
         c, accumulate = self.state.counters, self.cfg.grad.accumulate
-        self._apply_lr()
+        self.apply_lr()
         first, micro, loss_sum, end_pending = c.batch_in_epoch, 0, None, False
         for batch in batches:
             if end_pending:
@@ -283,7 +272,7 @@ class Trainer:
             self.scaler.scale(out.loss if accumulate == 1 else out.loss / accumulate).backward()
             loss = out.loss.detach()
             loss_sum = loss if loss_sum is None else loss_sum + loss
-            self._interval.add_batch(out.samples, out.tokens)
+            self.telemetry.meter.add_batch(out.samples, out.tokens)
             c.samples_seen += out.samples
             c.tokens_seen += out.tokens
             micro, end_pending = micro + 1, True
@@ -296,16 +285,16 @@ class Trainer:
         self._fire(Event.AFTER_BACKWARD)  # gradients complete and unscaled: filters act here
         norm = clip_gradients(self._params, self.cfg.grad.clip_norm, self.cfg.grad.clip_value)
         if self.cfg.log.level == "verbose" and (c.step + 1) % self.cfg.log.every_steps == 0:
-            self._extremes = grad_extremes(self._params)
-        drop, bad = self._guard.flags(loss, norm)
+            self.telemetry.extremes = grad_extremes(self._params)
+        drop, bad = self.telemetry.guard.flags(loss, norm)
         self._fire(Event.BEFORE_OPTIMIZER_STEP)
-        self._guard.step(self.optimizer, drop)
+        self.telemetry.guard.step(self.optimizer, drop)
         if self.scaler.is_enabled():
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         c.step += 1
         c.weight_version += 1  # less the dropped ones, counted at the log interval
-        self._interval.add_step(c.step, loss, norm, drop, bad, position=(c.epoch, first, c.batch_in_epoch))
+        self.telemetry.meter.add_step(c.step, loss, norm, drop, bad, position=(c.epoch, first, c.batch_in_epoch))
         self._fire(Event.AFTER_OPTIMIZER_STEP)
         self._fire(Event.BATCH_END)
         return True
@@ -314,98 +303,18 @@ class Trainer:
         """One optimizer step on one batch, outside ``fit`` (manual use; syncs to return the loss)."""
         self.model.train()
         self._train_step(iter([to_device(batch, self.device)]))
-        interval = self._interval.flush()
+        interval = self.telemetry.meter.flush()
         return {"loss": interval.losses[-1], "lr": self.lr}
 
-    def _apply_lr(self) -> None:
+    def apply_lr(self) -> None:
+        """Set every group's lr from the schedule at the current step, times ``state.lr_scale``."""
         factor = self.state.lr_scale * self.schedule(self.state.counters.step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
 
-    # ------------------------------------------------------------------ the log interval
     def log_interval(self, *, log: bool = True) -> None:
-        """Close the interval: one host sync, the non-finite policy acted on, losses into the
-        history, and (``log``) one train record to the sinks."""
-        if not self._interval.steps:
-            return
-        probes = self._probes() if log else {}
-        interval = self._interval.flush(probes)
-        self._act_on_non_finite(interval)
-        kept = interval.kept
-        self.state.record_many("train/loss", [interval.steps[i] for i in kept], [interval.losses[i] for i in kept])
-        if not log:
-            return
-        record: dict[str, Any] = {"lr": self.lr, **interval.rates, "weight_version": self.state.counters.weight_version}
-        if kept:
-            record["train/loss"], record["grad/norm"] = interval.losses[kept[-1]], interval.norms[kept[-1]]
-        record.update({k: v for k, v in interval.probes.items() if k.startswith("grad/")})
-        record.update(self._data_stats())
-        plugin_values: dict[str, Any] = {}
-        for cb in self.callbacks:
-            if overrides(cb, "log_values"):
-                plugin_values.update(cb.log_values(self))
-        record.update(self._memory)
-        self.state.metrics.update(record)
-        self.state.metrics.update(plugin_values)
-        self.state.record("lr", interval.steps[-1], self.lr)
-        for name, value in plugin_values.items():
-            self.state.record(name, interval.steps[-1], value)
-        self._log("train", record, plugin_values)
-
-    def _probes(self) -> dict[str, torch.Tensor]:
-        """Device values read in the interval's one sync: gradient extremes (verbose) and, at most once
-        a second, the weights' norm (finite only if every weight is) and memory."""
-        probes: dict[str, torch.Tensor] = {}
-        if self._extremes is not None:
-            probes["grad/max"], probes["grad/min"] = self._extremes
-            self._extremes = None
-        now = time.monotonic()
-        if now - self._last_health_check >= 1.0:
-            self._last_health_check = now
-            probes["weights/norm"] = total_norm([p.detach() for p in self.model.parameters()])
-            if self.cfg.log.memory and self.cfg.log.level != "minimal":
-                self._memory = memory_stats()
-        return probes
-
-    def _act_on_non_finite(self, interval: Interval) -> None:
-        c = self.state.counters
-        c.weight_version -= len(interval.dropped_at)
-        verdict = judge(interval, self.cfg.grad.non_finite, c.step)
-        if verdict is None:
-            self._guard.reset()
-        elif verdict.action == "skip":
-            for text in verdict.skipped:
-                c.skipped_steps += 1
-                warnings.warn(f"{text} ({c.skipped_steps} so far)", stacklevel=3)
-        elif verdict.action == "rollback":
-            epoch, first, end = verdict.position
-            raise _RollBack(verdict.message, {(epoch, b) for b in range(first, end)})
-        else:  # halt: every update from the bad step on was dropped, and the counters say so
-            c.step = c.step if verdict.first_bad is None else verdict.first_bad
-            raise NonFiniteError(f"{verdict.message}: halting. The run directory {self.cfg.run_dir} is intact; "
-                                 "use non_finite: skip or rollback to continue past bad steps")
-
-    def _rollback(self, rb: _RollBack) -> None:
-        """Restore the last good checkpoint, scale the lr down, skip the offending batches."""
-        g = self.cfg.grad
-        rollbacks = self.state.counters.rollbacks + 1
-        if rollbacks > g.max_rollbacks:
-            raise NonFiniteError(f"{rb.message}: gave up after {g.max_rollbacks} rollbacks")
-        found = self.checkpoints.load_latest() if self.checkpoints is not None else None
-        if found is None:
-            raise NonFiniteError(f"{rb.message}: no checkpoint to roll back to")
-        info, payload = found
-        skip = self.state.skip_batches | rb.batches
-        snapshot.restore_payload(self.state, payload)
-        self.state.skip_batches = skip
-        self.state.counters.rollbacks = rollbacks
-        self.state.lr_scale *= g.rollback_lr_factor
-        self.last_checkpoint, self.last_checkpoint_step = str(info.path), info.step
-        self._interval, self._stop_reason = IntervalMeter(), None  # the undone steps' losses are dropped
-        self._guard.reset()
-        self._apply_lr()
-        warnings.warn(f"{rb.message}: rolled back to {info.name} (step {info.step}), lr x{g.rollback_lr_factor}, "
-                      f"skipping {len(rb.batches)} batch(es); rollback {rollbacks}/{g.max_rollbacks}", stacklevel=3)
+        """Close the log interval now (see ``Telemetry.close``)."""
+        self.telemetry.close(self, log=log)
 
     # ------------------------------------------------------------------ validation
     @property
@@ -433,7 +342,7 @@ class Trainer:
         self.state.pending_validation = True  # a preemption inside it redoes it on resume
         metrics = self.validate()
         self.state.pending_validation = False
-        self._interval.excluded += time.perf_counter() - started
+        self.telemetry.meter.excluded += time.perf_counter() - started
         c.last_val_step = c.step
         self.state.metrics.update(metrics)
         update_best(self.state.best, metrics)
@@ -473,44 +382,19 @@ class Trainer:
         started = time.perf_counter()
         previous = self.lifecycle.to(Phase.CHECKPOINTING)
         try:
-            payload = snapshot.build_payload(self.state, self._identity())
+            payload = snapshot.build_payload(self.state, self.identity())
             path = self.checkpoints.save(name or f"step-{c.step:09d}", payload, step=c.step, epoch=c.epoch,
                                          metrics=dict(self.state.metrics), pinned=pinned)
             self.last_checkpoint, self.last_checkpoint_step = str(path), c.step
         finally:
             self.lifecycle.to(previous)
-            self._interval.excluded += time.perf_counter() - started
+            self.telemetry.meter.excluded += time.perf_counter() - started
         self._fire(Event.CHECKPOINT)
         return self.last_checkpoint
 
-    def _identity(self) -> dict[str, Any]:
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint must match to resume this run (with the model's signature)."""
         return {"config": self.cfg.to_dict(), "optimizer": type(self.optimizer).__name__, "task": self.task.name}
-
-    def _restore(self, resume_from: str | Path) -> bool:
-        """Load a checkpoint (phase RESTORING). True when that run had already finished (a gate, an
-        early stop, its budget), so there is nothing to do; a budget that was raised goes on."""
-        if str(resume_from) == "latest":
-            found = self.checkpoints.load_latest() if self.checkpoints is not None else None
-            if found is None:
-                print(f"trainforge: no checkpoint in {Path(self.cfg.run_dir) / 'checkpoints'}; starting fresh",
-                      file=sys.stderr)
-                return False
-            path, payload = found[0].path, found[1]
-        else:
-            path, payload = Path(resume_from), load_checkpoint(resume_from)
-        payload = snapshot.upgrade(payload)
-        snapshot.check(self._identity(), self.model.state_dict(), payload["meta"])
-        self.lifecycle.to(Phase.RESTORING)
-        snapshot.restore_payload(self.state, payload)
-        self.last_checkpoint, self.last_checkpoint_step = str(path), self.state.counters.step
-        self._apply_lr()
-        reason = self.state.stopped_reason
-        if reason is None or reason == "preempted" or reason.startswith("error"):
-            return False
-        if reason.startswith(("max_steps", "max_epochs")) and not self._budget_reached():
-            self.state.stopped_reason = None  # the budget was raised: train on
-            return False
-        return True
 
     def _save_on_preemption(self) -> None:
         """The SIGTERM/SIGINT checkpoint, of the state at the last step boundary."""
@@ -552,7 +436,7 @@ class Trainer:
         dataset = getattr(self.train_loader, "dataset", None)
         if callable(getattr(dataset, "state_dict", None)) and callable(getattr(dataset, "load_state_dict", None)):
             self.state.register("data", dataset)  # a stream's position and drop counts
-        self._interval = IntervalMeter()
+        self.telemetry.reset()
         for cb in default_callbacks(cfg, self.callbacks)[::-1]:
             if cb not in self.callbacks:
                 self.add_callback(cb)
@@ -565,9 +449,10 @@ class Trainer:
         progress = [cb for cb in self.callbacks if isinstance(cb, ProgressBar)]
         self.logger = RunLogger(build_sinks(cfg, progress), cfg.log.level)
         self.logger.open(run_dir, cfg.to_dict())
-        self._apply_lr()
+        self.apply_lr()
 
-    def _budget_reached(self) -> bool:
+    def budget_reached(self) -> bool:
+        """True once ``max_steps`` or ``max_epochs`` is used up."""
         c, cfg = self.state.counters, self.cfg
         return (cfg.max_steps is not None and c.step >= cfg.max_steps) or (cfg.max_epochs is not None and c.epoch >= cfg.max_epochs)
 
@@ -603,7 +488,7 @@ class Trainer:
                 self.lifecycle.to(Phase.RUNNING)
             if self._preempt_signal:
                 raise _PreemptNow()
-        return self._stop_reason is not None or self._budget_reached()
+        return self._stop_reason is not None or self.budget_reached()
 
     def _fire(self, event: Event) -> None:
         for cb in self.callbacks:  # add/remove_callback swap in a new list: safe during the loop
@@ -619,7 +504,7 @@ class Trainer:
         except Exception as e:  # teardown must finish even when a callback fails
             warnings.warn(f"callback failed during {event.value}: {e!r}", stacklevel=2)
 
-    def _data_stats(self) -> dict[str, float]:
+    def data_stats(self) -> dict[str, float]:
         """Counters of a cache or quality filter around the training data (hits, drops), if any."""
         stats = getattr(getattr(self.train_loader, "dataset", None), "stats", None)
         return dict(stats()) if callable(stats) else {}
@@ -634,12 +519,12 @@ class Trainer:
         return FitResult(
             run_dir=Path(self.cfg.run_dir), stopped_reason=self.state.stopped_reason or "",
             history={k: list(v["value"]) for k, v in curves.items()}, curves=curves,
-            summary=run_summary(self.state, self._data_stats()), final_checkpoint=self.last_checkpoint,
+            summary=run_summary(self.state, self.data_stats()), final_checkpoint=self.last_checkpoint,
             gate_passed=self.result_extra.get("gate_passed"), extra=dict(self.result_extra))
 
     def _write_result(self, error: BaseException | None = None) -> None:
         write_result(Path(self.cfg.run_dir) / "result.json", result_record(
-            self.state, self._data_stats(), final_checkpoint=self.last_checkpoint, phase=str(self.phase),
+            self.state, self.data_stats(), final_checkpoint=self.last_checkpoint, phase=str(self.phase),
             extra=self.result_extra, config=self.cfg.to_dict(), error=error))
 
 
