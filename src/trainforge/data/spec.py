@@ -21,7 +21,8 @@ from torch.utils.data import Dataset, IterableDataset
 from ..importing import import_object
 from .cache import CachedDataset
 from .loader import split
-from .readers import DataError, EXTENSIONS, load_dataset
+from .errors import DataError
+from .readers import EXTENSIONS, load_dataset
 from .streaming import stream_dataset
 
 SPEC_KEYS = ("path", "format", "val_path", "val_fraction", "streaming", "cache", "filter")
