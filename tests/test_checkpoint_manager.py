@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from trainforge import checkpoint as ckpt
+from trainforge.checkpoint import manager as ckpt_manager
 from trainforge.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -296,14 +297,14 @@ def test_leftovers_are_ignored_then_cleaned_and_an_interrupted_replace_is_undone
 def gate_writer(monkeypatch):
     """Hold the background writer until the test opens the gate."""
     gate, started = threading.Event(), threading.Event()
-    real = ckpt._write_files
+    real = ckpt_manager.write_files
 
     def slow(tmp, job):
         started.set()
         assert gate.wait(10), "test never opened the gate"
         real(tmp, job)
 
-    monkeypatch.setattr(ckpt, "_write_files", slow)
+    monkeypatch.setattr(ckpt_manager, "write_files", slow)
     return gate, started
 
 
@@ -348,7 +349,7 @@ def test_async_error_surfaces_at_wait_and_leaves_nothing_behind(tmp_path, monkey
         (tmp / "model.safetensors").write_bytes(b"half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "_write_files", broken)
+    monkeypatch.setattr(ckpt_manager, "write_files", broken)
     mgr = CheckpointManager(tmp_path, async_save=True)
     mgr.save("step-1", {"model": {}, "tensors": {}, "meta": {}}, step=1, epoch=0)
     with pytest.raises(CheckpointError, match=r"step-1.*No space left"):

@@ -140,13 +140,13 @@ def test_second_sigint_exits_at_once_and_checkpoints_stay_valid(tmp_path):
 
 SLOW_WRITER = """
 import sys, time
-import trainforge.checkpoint as ck
-original = ck._write_files
+import trainforge.checkpoint.manager as ck
+original = ck.write_files
 def slow(tmp, job):
     original(tmp, job)          # every file of the checkpoint is on disk, not yet renamed into place
     if job.name != "step-000000002":
         time.sleep(30)          # the test kills the process here
-ck._write_files = slow
+ck.write_files = slow
 from trainforge.cli import main
 sys.exit(main(sys.argv[1:]))
 """

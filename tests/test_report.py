@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
+from trainforge.config import ConfigError, TrainConfig, parse_condition
 from trainforge.report import ReportError, build_figure, ema, load_run, parse_gate, smooth, write_html_summary, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -115,8 +116,33 @@ def test_gate_lines_on_eval_panel(tmp_path):
 def test_gate_keys_match_by_suffix_and_parse():
     assert parse_gate("> 0.95") == (">", 0.95)
     assert parse_gate(">=0.8") == (">=", 0.8)
-    assert parse_gate(0.5) == (">=", 0.5)
     assert parse_gate("about half") is None
+
+
+GATE_TEXTS = ["> 0.95", ">=0.8", "<= 1e-3", "< -2", " >  3 ", "0.5", "== 1", ">", "> x", "about half", "=> 1", ""]
+
+
+@pytest.mark.parametrize("text", GATE_TEXTS)
+def test_report_and_config_read_gates_by_one_grammar(text):
+    """A gate the config refuses is one the report does not draw, and the other way round."""
+    try:
+        expected = parse_condition(text)
+    except ValueError:
+        expected = None
+    assert parse_gate(text) == expected
+    data = {"max_steps": 1, "gate": {"val/accuracy": text}}
+    if expected is None:
+        with pytest.raises(ConfigError, match="gate"):
+            TrainConfig.from_dict(data)
+    else:
+        assert TrainConfig.from_dict(data).gate == {"val/accuracy": text}
+
+
+def test_a_bare_number_is_not_a_gate():
+    """The config's gate values are strings '<op> <number>'; a bare number has no operator."""
+    assert parse_gate(0.5) is None
+    with pytest.raises(ValueError):
+        parse_condition(0.5)
 
 
 def test_in_progress_run_reads_metrics_jsonl(tmp_path):

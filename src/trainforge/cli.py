@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError
     from .snapshot import ResumeError
     try:
-        from .data.readers import DataError
+        from .data.errors import DataError
     except ImportError:  # pragma: no cover
         DataError = ValueError  # type: ignore[misc,assignment]
     try:

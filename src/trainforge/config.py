@@ -43,15 +43,33 @@ class OptimizerConfig(Section):
 
 
 class ScheduleConfig(Section):
-    name: Literal["warmup_cosine", "constant", "linear", "one_cycle", "cyclic", "plateau"] = "warmup_cosine"
+    name: Literal["warmup_cosine", "constant", "linear", "one_cycle", "cyclic", "plateau", "sequence"] = "warmup_cosine"
     warmup: float = Field(0.1, ge=0, lt=1, description="fraction of total optimizer steps spent warming up")
     warmup_steps: int | None = Field(None, ge=0, description="overrides `warmup` when set")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="floor of the decay, as a fraction of lr")
     total_steps: int | None = Field(None, gt=0, description="decay horizon; default: the run's total optimizer steps")
     cycle_steps: int = Field(1000, gt=0, description="cyclic: steps per half cycle")
-    patience: int = Field(5, ge=0, description="plateau: evaluations without improvement before decay")
+    patience: int = Field(5, ge=0, description="plateau: evaluations in a row without improvement tolerated; "
+                          "the lr drops at the next one (PyTorch ReduceLROnPlateau's meaning)")
     factor: float = Field(0.5, gt=0, lt=1, description="plateau: multiply lr by this on a plateau")
     monitor: str = Field("val/loss", description="plateau: metric to watch (mode min)")
+    schedules: list[ScheduleConfig] | None = Field(None, description="sequence: schedules run one after another, "
+                                                   "each for its total_steps (the last to the end of the run)")
+
+    @model_validator(mode="after")
+    def _sequence_parts(self) -> ScheduleConfig:
+        if self.name != "sequence":
+            if self.schedules is not None:
+                raise ValueError("schedules applies to name: sequence only")
+            return self
+        if not self.schedules:
+            raise ValueError("name: sequence needs schedules: [{name: linear, total_steps: 100}, {name: ...}, ...]")
+        for i, part in enumerate(self.schedules):
+            if part.name == "plateau":
+                raise ValueError(f"schedules[{i}]: plateau follows validation, not the step; it cannot be in a sequence")
+            if part.total_steps is None and i < len(self.schedules) - 1:
+                raise ValueError(f"schedules[{i}] needs total_steps: how many steps it runs before the next starts")
+        return self
 
 
 class GradConfig(Section):
@@ -101,7 +119,8 @@ class DistributedConfig(Section):
 class EarlyStoppingConfig(Section):
     monitor: str = "val/loss"
     mode: Literal["min", "max"] = "min"
-    patience: int = Field(5, ge=1)
+    patience: int = Field(5, ge=1, description="stop at this many evaluations in a row without improvement "
+                          "(Keras/Lightning's meaning)")
     min_delta: float = Field(0.0, ge=0)
 
 

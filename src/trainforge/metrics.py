@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .fileio import atomic_write_text  # re-exported: the trainer writes config.yaml with it
 
 
 @dataclass
@@ -125,12 +126,6 @@ def update_best(best: dict[str, float], metrics: dict[str, float]) -> None:
             continue
         if improved(value, best.get(name), mode):
             best[name] = value
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def json_safe(value: Any) -> Any:

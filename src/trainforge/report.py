@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
 import re
@@ -26,6 +27,9 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+
+from .config import parse_condition
+from .fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = ["ReportError", "RunData", "load_run", "build_figure", "write_report", "write_html_summary"]
 
@@ -184,15 +188,13 @@ PANELS: tuple[Panel, ...] = (
     Panel("Process memory", "MB", lambda n: n.startswith("memory/")),
 )
 
-GATE_RE = re.compile(r"^\s*(>=|<=|==|>|<)?\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
-
-
 def parse_gate(spec: Any) -> tuple[str, float] | None:
-    """'> 0.95' -> ('>', 0.95); a bare number means '>='. None for anything unreadable."""
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return ">=", float(spec)
-    match = GATE_RE.match(str(spec))
-    return (match.group(1) or ">=", float(match.group(2))) if match else None
+    """'> 0.95' -> ('>', 0.95), by the config's grammar (``config.parse_condition``); None for
+    anything that grammar refuses (a run's gate was validated by it, so that is a damaged file)."""
+    try:
+        return parse_condition(spec)
+    except ValueError:
+        return None
 
 
 def _gate_metric(gate_key: str, names: list[str]) -> str | None:
@@ -386,9 +388,9 @@ def write_report(run_dirs: list[Path | str], out: Path | str | None = None) -> P
         out = out / "report.png"
     fig = build_figure(runs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    tmp.replace(out)  # a viewer refreshing the file never sees half a PNG
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    atomic_write_bytes(out, png.getvalue())  # a viewer refreshing the file never sees half a PNG
     return out
 
 
@@ -438,5 +440,5 @@ img{{max-width:100%}}</style></head>
 </body></html>
 """
     out = run.path / "report.html"
-    out.write_text(page, encoding="utf-8")
+    atomic_write_text(out, page)
     return out

@@ -8,13 +8,14 @@ Built in: ``classification`` (cross-entropy; accuracy and macro-F1 in evaluation
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .importing import import_object  # re-exported: run.py resolves model: and data: references with it
 
 
 @dataclass
@@ -192,23 +193,6 @@ class CallableTask(Task):
 
 
 TASKS: dict[str, type[Task]] = {"classification": Classification, "language_model": LanguageModel, "regression": Regression}
-
-
-def import_object(ref: str) -> Any:
-    """'package.module:attr' -> the object, with an error naming what is missing."""
-    module_name, sep, attr = ref.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"{ref!r} must look like 'module:callable'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"cannot import module {module_name!r} (from {ref!r}): {e}") from None
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"module {module_name!r} has no attribute {attr!r} (from {ref!r})")
-        obj = getattr(obj, part)
-    return obj
 
 
 def make_task(task: str | Task | Callable) -> Task:

@@ -22,7 +22,13 @@ def missing_metric(name: str, trainer: "Trainer") -> str:
 
 
 class EarlyStopping(Callback):
-    """Stops when ``monitor`` has not improved by ``min_delta`` for ``patience`` evaluations."""
+    """Stops when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` evaluations.
+
+    ``patience`` means what it means in Keras and Lightning (``wait >= patience``): the run stops
+    *at* the ``patience``-th evaluation in a row without improvement (with ``patience=2``: the
+    first evaluation sets the best, two that do not beat it stop the run). ``ReduceOnPlateau``
+    counts the same way but, like PyTorch's, tolerates ``patience`` and acts at the next one.
+    """
 
     def __init__(self, monitor: str = "val/loss", mode: str = "min", patience: int = 5, min_delta: float = 0.0):
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta

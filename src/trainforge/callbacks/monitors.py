@@ -7,10 +7,9 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psutil
 import torch
@@ -108,8 +107,3 @@ class ProfilerCallback(Callback):
             warnings.warn(f"profiler trace could not be written to {path}: {exc}", stacklevel=2)
             return
         self.trace_path = path
-
-
-def read_trace(path: Path | str) -> dict[str, Any]:
-    """Load a Chrome trace written by :class:`ProfilerCallback` (a JSON object with ``traceEvents``)."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))

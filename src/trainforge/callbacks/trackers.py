@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 import os
 import re
 import time
 from pathlib import Path
 from typing import Any, Iterator, Protocol
+
+from ..fileio import atomic_write_text
 
 __all__ = ["Sink", "SinkError", "CsvSink", "TensorBoardSink", "MlflowSink", "make_sink", "SINKS", "flatten"]
 
@@ -121,13 +124,12 @@ class CsvSink:
     def _rewrite(self, rows: list[list[str]]) -> None:
         """Write header + rows to a temporary file and rename it into place (never half a file)."""
         self.close()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(self._columns)
-            width = len(self._columns)
-            writer.writerows(row + [""] * (width - len(row)) for row in rows)
-        os.replace(tmp, self.path)
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(self._columns)
+        width = len(self._columns)
+        writer.writerows(row + [""] * (width - len(row)) for row in rows)
+        atomic_write_text(self.path, text.getvalue())
         self._reopen()
 
     def _reopen(self) -> None:

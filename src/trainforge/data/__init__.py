@@ -2,7 +2,8 @@
 
 from .cache import CachedDataset, FilteredDataset
 from .loader import ResumableSampler, as_dataset, collate, epoch_seed, make_loader, prepare_epoch, seed_worker, split
-from .readers import DataError, load_dataset
+from .errors import DataError
+from .readers import load_dataset
 from .spec import build_data
 from .streaming import JsonlStream, StreamingDataset, TokenStream, stream_dataset
 from .tokens import TokenWindowDataset

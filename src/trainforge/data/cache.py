@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from .readers import DataError
+from .errors import DataError
 
 SLOTS = 257  # slot 0: the main process; slot 1 + worker id % 256: each DataLoader worker
 

@@ -14,14 +14,15 @@ data:
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable
 
 from torch.utils.data import Dataset, IterableDataset
 
+from ..importing import import_object
 from .cache import CachedDataset
 from .loader import split
-from .readers import DataError, EXTENSIONS, load_dataset
+from .errors import DataError
+from .readers import EXTENSIONS, load_dataset
 from .streaming import stream_dataset
 
 SPEC_KEYS = ("path", "format", "val_path", "val_fraction", "streaming", "cache", "filter")
@@ -97,16 +98,10 @@ def resolve_callable(ref: Any) -> Callable | None:
     """A callable, or "module:name" imported (like the config's model: field)."""
     if ref is None or callable(ref):
         return ref
-    module, _, name = str(ref).partition(":")
-    if not module or not name:
-        raise DataError(f"data spec: filter {ref!r} must be 'module:callable'")
     try:
-        obj = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise DataError(f"data spec: cannot import filter {ref!r} ({e})") from None
-    if not callable(obj):
-        raise DataError(f"data spec: filter {ref!r} is not callable")
-    return obj
+        return import_object(ref, callable_only=True)
+    except ValueError as e:
+        raise DataError(f"data spec: cannot import filter ({e})") from None
 
 
 def fit_data(train_data: Any, val_data: Any, cfg: Any) -> tuple[Any, Any]:

@@ -34,7 +34,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .cache import SharedCounters
 from .loader import epoch_seed
-from .readers import DataError, check_file, field_dtypes, parse_json_line, torch_dtype
+from .dtypes import field_dtypes, torch_dtype
+from .errors import DataError
+from .readers import check_file
+from .text_formats import parse_json_line
 
 STREAM_FORMATS = ("jsonl", "bin")
 STREAM_OPTIONS = {"common": {"batch_size", "shuffle", "seed", "rank", "world_size", "filter"},

@@ -76,7 +76,16 @@ def sequence(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedu
 
 @dataclass
 class ReduceOnPlateau:
-    """Multiplies the lr by ``factor`` after ``patience`` evaluations without improvement (mode min)."""
+    """Multiplies the lr by ``factor`` when the monitored value (mode min) stops improving.
+
+    ``patience`` means what it means in PyTorch's ``ReduceLROnPlateau`` (``num_bad_epochs >
+    patience``): the number of evaluations in a row without improvement that are *tolerated*; the
+    lr drops at the next one, bad evaluation number ``patience + 1`` (with ``patience=0``, at every
+    evaluation that does not improve). An improvement is a value below ``best - threshold``
+    (absolute). The count restarts at every improvement and after every reduction (no cooldown),
+    and the scale never goes below ``min_lr_ratio``. ``EarlyStopping`` counts the same evaluations
+    but, like Keras and Lightning, acts *at* bad evaluation number ``patience``.
+    """
 
     patience: int = 5
     factor: float = 0.5
@@ -121,6 +130,14 @@ def build_schedule(cfg, total_steps: int) -> Schedule:
         return cyclic(cfg.cycle_steps, cfg.min_lr_ratio)
     if cfg.name == "plateau":
         return ReduceOnPlateau(patience=cfg.patience, factor=cfg.factor, min_lr_ratio=cfg.min_lr_ratio)
+    if cfg.name == "sequence":  # each part runs for its total_steps; the last one to the horizon
+        parts, starts, start = [], [], 0
+        for part in cfg.schedules:
+            span = part.total_steps or max(1, total - start)
+            parts.append(build_schedule(part, span))
+            starts.append(start)
+            start += span
+        return sequence(parts, starts[1:])
     raise ValueError(f"unknown schedule {cfg.name!r}")
 
 
