@@ -33,7 +33,7 @@ def test_preempt_and_resume_on_cuda_is_exact(tmp_path, async_save):
     class PreemptAt(Callback):
         def on_after_optimizer_step(self, trainer):
             if trainer.state.counters.step == 5:
-                trainer._preempt_signal = "SIGTERM"
+                trainer.request_preemption("SIGTERM")
 
     torch.use_deterministic_algorithms(True, warn_only=True)
     x, y = tiny_data(n=64)

@@ -30,7 +30,7 @@ class PreemptAt(Callback):
 
     def on_after_optimizer_step(self, trainer):
         if trainer.state.counters.step == self.step:
-            trainer._preempt_signal = "SIGTERM"
+            trainer.request_preemption("SIGTERM")
 
 
 def weights(model):

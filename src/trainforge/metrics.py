@@ -137,27 +137,3 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
-
-
-def write_result(path: Path, result: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(json_safe(result), indent=1))
-
-
-def result_record(state: Any, data_stats: dict[str, float], *, final_checkpoint: str | None, phase: str,
-                  extra: dict[str, Any], config: dict[str, Any], error: BaseException | None = None) -> dict[str, Any]:
-    """What result.json holds."""
-    result = {"summary": run_summary(state, data_stats), "stopped_reason": state.stopped_reason,
-              "final_checkpoint": final_checkpoint, "gate_passed": None, "phase": phase,
-              **extra, "curves": state.history, "config": config}
-    if error is not None:
-        result["error"] = f"{type(error).__name__}: {error}"
-    return result
-
-
-def run_summary(state: Any, data_stats: dict[str, float]) -> dict[str, Any]:
-    """The ``summary`` block of result.json from a TrainState."""
-    c = state.counters
-    return {"steps": c.step, "epochs_completed": c.epoch, "samples_seen": c.samples_seen,
-            "tokens_seen": c.tokens_seen, "weight_version": c.weight_version, "skipped_steps": c.skipped_steps,
-            "skipped_batches": c.skipped_batches, "rollbacks": c.rollbacks, "best": dict(state.best),
-            "data": data_stats, "final": {k: v for k, v in state.metrics.items() if "/" in k or k == "lr"}}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -20,6 +19,7 @@ from torch import nn
 
 from . import signals, snapshot
 from .callbacks import default_callbacks
+from .callbacks.cadence import is_due
 from .callbacks.logging import RunLogger, build_sinks
 from .callbacks.progress import ProgressBar
 from .checkpoint import CheckpointManager
@@ -30,7 +30,8 @@ from .devices import autocast_factory, resolve_device, to_device
 from .events import Callback, Event, SkipBatch, StopTraining, overrides
 from .evaluation import Interrupted, evaluate
 from .gradients import NonFiniteError, clip_gradients, grad_extremes, total_norm
-from .metrics import atomic_write_text, epoch_summary, result_record, run_summary, update_best, write_result
+from .metrics import atomic_write_text, epoch_summary, update_best
+from .results import FitResult, Preempted, fit_result, result_record, write_result
 from .telemetry import RollBackRequest, Telemetry
 from .optim import build_optimizer, build_schedule
 from .optim.schedules import schedule_horizon
@@ -38,28 +39,8 @@ from .state import Lifecycle, Phase, RngState, TrainState, seed_everything
 from .tasks import Task, batch_size_of, make_task
 
 
-class Preempted(SystemExit):
-    """Raised by ``fit`` after a SIGTERM/SIGINT checkpoint: exit code 75, resume continues the run."""
-
-    def __init__(self, message: str):
-        super().__init__(75)
-        self.message = message
-
-
 class _PreemptNow(Exception):
     pass
-
-
-@dataclass
-class FitResult:
-    run_dir: Path
-    stopped_reason: str
-    history: dict[str, list[float]]
-    curves: dict[str, dict[str, list]]
-    summary: dict[str, Any]
-    final_checkpoint: str | None = None
-    gate_passed: bool | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Trainer:
@@ -357,7 +338,7 @@ class Trainer:
     def _end_epoch(self) -> None:
         c = self.state.counters
         self.log_interval(log=False)
-        if self.has_validation and _is_due(self.cfg.validation.every_epochs, c.epoch + 1) and c.last_val_step != c.step:
+        if self.has_validation and is_due(self.cfg.validation.every_epochs, c.epoch + 1) and c.last_val_step != c.step:
             self.record_validation(mid_epoch=False)
         curve = self.state.history.get("train/loss", {"step": [], "value": []})
         summary = epoch_summary(curve, c.epoch_start_step, self._epoch_started)
@@ -515,18 +496,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ results
     def _result(self) -> FitResult:
-        curves = self.state.history
-        return FitResult(
-            run_dir=Path(self.cfg.run_dir), stopped_reason=self.state.stopped_reason or "",
-            history={k: list(v["value"]) for k, v in curves.items()}, curves=curves,
-            summary=run_summary(self.state, self.data_stats()), final_checkpoint=self.last_checkpoint,
-            gate_passed=self.result_extra.get("gate_passed"), extra=dict(self.result_extra))
+        return fit_result(self.state, self.data_stats(), run_dir=Path(self.cfg.run_dir),
+                          final_checkpoint=self.last_checkpoint, extra=self.result_extra)
 
     def _write_result(self, error: BaseException | None = None) -> None:
         write_result(Path(self.cfg.run_dir) / "result.json", result_record(
             self.state, self.data_stats(), final_checkpoint=self.last_checkpoint, phase=str(self.phase),
             extra=self.result_extra, config=self.cfg.to_dict(), error=error))
-
-
-def _is_due(every: int | None, count: int) -> bool:
-    return every is not None and count > 0 and count % every == 0
