@@ -6,6 +6,7 @@ carries one message per problem: the field's dotted path, the value given and wh
 
 from __future__ import annotations
 
+import copy
 import json
 import tomllib
 from pathlib import Path
@@ -209,22 +210,42 @@ class TrainConfig(Section):
 
     # -- loading -----------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> "TrainConfig":
-        data = apply_overrides(dict(data), overrides)
+    def from_dict(cls, data: dict[str, Any], overrides: list[str] | tuple[str, ...] = (),
+                  run_dir: str | Path | None = None) -> "TrainConfig":
+        """The fields, then the dotted ``overrides``, then ``run_dir``; under them all, the named
+        recipe's defaults. This is the one path every config takes (``trainforge train`` included)."""
+        data = apply_overrides(copy.deepcopy(dict(data)), overrides)
+        if run_dir is not None:
+            data["run_dir"] = str(run_dir)
+        if isinstance(data.get("recipe"), str):
+            from .recipes import load_recipe  # recipes build configs: loaded by name, on demand
+            data = deep_merge(load_recipe(data["recipe"]).DEFAULTS, data)
         try:
             return cls.model_validate(data)
         except ValidationError as e:
             raise ConfigError(format_validation_error(e)) from None
 
     @classmethod
-    def from_file(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> "TrainConfig":
-        return cls.from_dict(read_config_file(path), overrides)
+    def from_file(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                  run_dir: str | Path | None = None) -> "TrainConfig":
+        return cls.from_dict(read_config_file(path), overrides, run_dir)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(self.model_dump_json())
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, section by section (a gate is replaced whole: its conditions go together)."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("gate",):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -5,44 +5,26 @@ This is what the CLI calls; it is also usable from Python (``run_config(cfg)``).
 
 from __future__ import annotations
 
-import copy
 import sys
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from .config import ConfigError, DataSpec, TrainConfig, apply_overrides, read_config_file
+from .config import ConfigError, DataSpec, TrainConfig
 from .events import Callback
 from .recipes.base import RecipeParts
 from .tasks import import_object
 from .trainer import FitResult, Trainer
 
 
-def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("gate",):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def resolve_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), run_dir: str | None = None) -> TrainConfig:
     """The user's fields over the recipe's defaults (when a recipe is named), then overrides."""
-    data = apply_overrides(copy.deepcopy(raw), overrides)
-    if run_dir is not None:
-        data["run_dir"] = run_dir
-    recipe = data.get("recipe")
-    if recipe:
-        from .recipes import load_recipe
-        data = deep_merge(load_recipe(recipe).DEFAULTS, data)
-    return TrainConfig.from_dict(data)
+    return TrainConfig.from_dict(raw, overrides, run_dir)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), run_dir: str | None = None) -> TrainConfig:
-    return resolve_config(read_config_file(path), overrides, run_dir)
+    return TrainConfig.from_file(path, overrides, run_dir)
 
 
 def build_parts(cfg: TrainConfig) -> RecipeParts:
