@@ -27,7 +27,7 @@ trainer's ``state`` holds every counter and the latest metrics.
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
@@ -106,3 +106,43 @@ def overrides(callback: Callback, event: Event | str) -> bool:
     name = event.value if isinstance(event, Event) else event
     method = getattr(type(callback), name, None)
     return method is not None and method is not getattr(Callback, name)
+
+
+class CallbackList:
+    """A run's callbacks in order, with a table per event of those that override it, so a callback's
+    no-op methods cost nothing per step. Adding or removing swaps in new lists: safe mid-dispatch."""
+
+    def __init__(self) -> None:
+        self._items: list[Callback] = []
+        self._table: dict[str, list[Callback]] = {}
+
+    def __iter__(self) -> Iterator[Callback]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, callback: object) -> bool:
+        return any(cb is callback for cb in self._items)
+
+    def add(self, callback: Callback, *, first: bool = False) -> None:
+        self._items = [callback, *self._items] if first else [*self._items, callback]
+        self._table = {}
+
+    def remove(self, callback: Callback) -> None:
+        self._items = [cb for cb in self._items if cb is not callback]
+        self._table = {}
+
+    def overriding(self, method: Event | str) -> list[Callback]:
+        name = method.value if isinstance(method, Event) else method
+        found = self._table.get(name)
+        if found is None:
+            found = self._table[name] = [cb for cb in self._items if overrides(cb, name)]
+        return found
+
+    def fire(self, event: Event, trainer: "Trainer") -> None:
+        for cb in self.overriding(event):
+            try:
+                getattr(cb, event.value)(trainer)
+            except StopTraining as s:
+                trainer.stop(s.reason)

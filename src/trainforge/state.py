@@ -94,6 +94,14 @@ class Counters:
     last_val_step: int = -1
     epoch_start_step: int = 0  # optimizer step at which the current epoch began (for its mean loss)
 
+    def budget_reason(self, max_steps: int | None, max_epochs: int | None) -> str | None:
+        """Why the budget is used up, or None while it is not."""
+        if max_steps is not None and self.step >= max_steps:
+            return f"max_steps reached ({max_steps})"
+        if max_epochs is not None and self.epoch >= max_epochs:
+            return f"max_epochs reached ({max_epochs})"
+        return None
+
 
 class Stateful(Protocol):
     """Anything resumable: a model, an optimizer, a scaler, a callback, a data stream, a filter."""

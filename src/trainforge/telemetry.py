@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .callbacks.monitors import memory_stats
-from .events import overrides
 from .gradients import NonFiniteError, StepGuard, judge, total_norm
 from .metrics import Interval, IntervalMeter
 
@@ -63,9 +62,8 @@ class Telemetry:
         record.update(trainer.data_stats())
         record.update(self._memory)
         plugin_values: dict[str, Any] = {}
-        for cb in trainer.callbacks:
-            if overrides(cb, "log_values"):
-                plugin_values.update(cb.log_values(trainer))
+        for cb in trainer.callbacks.overriding("log_values"):
+            plugin_values.update(cb.log_values(trainer))
         state.metrics.update(record)
         state.metrics.update(plugin_values)
         for name, value in {"lr": trainer.lr, **plugin_values}.items():

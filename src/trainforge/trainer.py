@@ -24,10 +24,11 @@ from .callbacks.logging import RunLogger, build_sinks
 from .callbacks.progress import ProgressBar
 from .checkpoint import CheckpointManager
 from .config import TrainConfig
+from .controls import Controls, PreemptRequested
 from .data.loader import epoch_iterator, loader_for
 from .data.spec import fit_data
 from .devices import autocast_factory, resolve_device, to_device
-from .events import Callback, Event, SkipBatch, StopTraining, overrides
+from .events import Callback, CallbackList, Event, SkipBatch, overrides
 from .evaluation import Interrupted, evaluate
 from .gradients import NonFiniteError, clip_gradients, grad_extremes, total_norm
 from .metrics import atomic_write_text, epoch_summary, update_best
@@ -37,10 +38,6 @@ from .optim import build_optimizer, build_schedule
 from .optim.schedules import schedule_horizon
 from .state import Lifecycle, Phase, RngState, TrainState, seed_everything
 from .tasks import Task, batch_size_of, make_task
-
-
-class _PreemptNow(Exception):
-    pass
 
 
 class Trainer:
@@ -72,7 +69,7 @@ class Trainer:
         if self.scaler.is_enabled():
             self.state.register("scaler", self.scaler)
         self.lifecycle = Lifecycle()
-        self.callbacks: list[Callback] = []
+        self.callbacks = CallbackList()
         self.evaluators = list(evaluators)
         self.result_extra: dict[str, Any] = {}
         self.schedule: Callable[[int], float] = lambda step: 1.0
@@ -83,9 +80,7 @@ class Trainer:
         self.batches_per_epoch: int | None = 0
         self.logger = RunLogger([])
         self.telemetry = Telemetry(self.cfg.grad.non_finite, self.scaler.is_enabled())
-        self._stop_reason: str | None = None
-        self._pin_final = self._pause_requested = False
-        self._preempt_signal: str | None = None
+        self.controls = Controls(self.lifecycle)
         for cb in callbacks:
             self.add_callback(cb)
 
@@ -107,13 +102,11 @@ class Trainer:
 
     def pause(self) -> None:
         """Pause at the next step boundary (from a callback, another thread, or SIGUSR1)."""
-        self._pause_requested = True
+        self.controls.pause()
 
     def unpause(self) -> None:
         """Leave PAUSED (another thread, or SIGUSR2)."""
-        self._pause_requested = False
-        if self.phase == Phase.PAUSED:
-            self.lifecycle.to(Phase.RUNNING)
+        self.controls.unpause()
 
     def resume(self) -> None:
         """Deprecated name of ``unpause`` (``resume`` means continuing from a checkpoint)."""
@@ -122,28 +115,24 @@ class Trainer:
 
     def stop(self, reason: str = "stopped by request", *, pin: bool = False) -> None:
         """End the run normally at the next step boundary; ``pin`` keeps its final checkpoint forever."""
-        if self._stop_reason is None:
-            self._stop_reason = reason
-        self._pin_final = self._pin_final or pin
-        self._pause_requested = False
-        if self.phase == Phase.PAUSED:
-            self.lifecycle.notify()
+        self.controls.stop(reason, pin)
 
     def request_preemption(self, signal_name: str) -> None:
         """Checkpoint at the next step boundary (also inside validation), then exit 75."""
-        self._preempt_signal = signal_name
+        self.controls.preempt_signal = signal_name
 
     @property
     def preemption_requested(self) -> str | None:
-        return self._preempt_signal
+        return self.controls.preempt_signal
 
-    def add_callback(self, callback: Callback) -> None:
-        self.callbacks = [*self.callbacks, callback]  # a new list: safe while an event is dispatched
+    def add_callback(self, callback: Callback, *, first: bool = False) -> None:
+        """Add a callback (at run time too); one with ``state_dict`` is checkpointed from now on."""
+        self.callbacks.add(callback, first=first)
         if overrides(callback, "state_dict"):
             self.state.register(f"callback/{callback.state_key}", callback, required=False)
 
     def remove_callback(self, callback: Callback) -> None:
-        self.callbacks = [cb for cb in self.callbacks if cb is not callback]
+        self.callbacks.remove(callback)
         if self.state.parts.get(f"callback/{callback.state_key}") is callback:
             self.state.unregister(f"callback/{callback.state_key}")
 
@@ -152,7 +141,7 @@ class Trainer:
         """Train. ``train_data`` may also be a data spec ``{"path": ..., "format": ..., ...}`` (its
         validation part is used when ``val_data`` is None), or None to use the config's ``data`` spec."""
         self.lifecycle.to(Phase.INITIALIZING)
-        self._stop_reason, self._pin_final, self._preempt_signal = None, False, None
+        self.controls.reset()
         try:
             train_data, val_data = fit_data(train_data, val_data, self.cfg)
             self._setup_run(train_data, val_data)
@@ -166,7 +155,7 @@ class Trainer:
                 self._fire(Event.TRAIN_START)
                 self._train()
             self._finish(Phase.COMPLETED)
-        except _PreemptNow:
+        except PreemptRequested:
             self._save_on_preemption()
             self._finish(Phase.COMPLETED)
             raise Preempted(self._preemption_message()) from None
@@ -181,20 +170,20 @@ class Trainer:
             try:
                 if self.state.pending_validation:
                     self.record_validation(mid_epoch=True)
-                while self._stop_reason is None and not self.budget_reached():
+                while self.controls.stop_reason is None and not self.budget_reached():
                     if self._run_epoch() == 0 and self.batches_per_epoch == 0:
                         warnings.warn("training data is empty: nothing to train on", stacklevel=3)
-                        self._stop_reason = "training data is empty"
+                        self.controls.stop_reason = "training data is empty"
                 self.log_interval()
                 break
             except RollBackRequest as rb:  # the one place a non-finite step under `rollback` is handled
                 snapshot.rollback(self, rb.message, rb.batches)
         c = self.state.counters
-        self.state.stopped_reason = self._stop_reason or self._budget_reason()
+        self.state.stopped_reason = self.controls.stop_reason or c.budget_reason(self.cfg.max_steps, self.cfg.max_epochs)
         if self.has_validation and c.last_val_step != c.step and c.step > 0:
             self.record_validation(mid_epoch=True)  # the result holds final validation values
-        if self.checkpoints is not None and (self.cfg.checkpoint.save_last or self._pin_final):
-            self.save_checkpoint(pinned=self._pin_final)
+        if self.checkpoints is not None and (self.cfg.checkpoint.save_last or self.controls.pin_final):
+            self.save_checkpoint(pinned=self.controls.pin_final)
 
     def _run_epoch(self) -> int:
         """Optimizer steps until the epoch's batches run out or a boundary ends the run. Returns the
@@ -208,7 +197,8 @@ class Trainer:
         self._epoch_started = time.perf_counter()
         batches = self._epoch_batches()
         while self._train_step(batches):
-            if self._check_controls():
+            self.controls.at_boundary()
+            if self.controls.stop_reason is not None or self.budget_reached():
                 return c.batch_in_epoch - start
         self._end_epoch()
         return c.batch_in_epoch - start
@@ -311,9 +301,9 @@ class Trainer:
         try:
             return evaluate(self.model, self.task, loader, forward_model=self.forward_model, evaluators=self.evaluators,
                             autocast=self.autocast, device=self.device, max_batches=self.cfg.validation.max_batches,
-                            seed=self.cfg.seed, interrupted=lambda: self._preempt_signal is not None)
+                            seed=self.cfg.seed, interrupted=lambda: self.controls.preempt_signal is not None)
         except Interrupted:
-            raise _PreemptNow() from None
+            raise PreemptRequested() from None
 
     def record_validation(self, mid_epoch: bool) -> None:
         """Validate now and record the values (history, best, metrics, sinks, plateau schedule)."""
@@ -397,7 +387,7 @@ class Trainer:
 
     def _preemption_message(self) -> str:
         c = self.state.counters
-        return (f"trainforge: preempted by {self._preempt_signal} at step {c.step} (epoch {c.epoch + 1}); "
+        return (f"trainforge: preempted by {self.controls.preempt_signal} at step {c.step} (epoch {c.epoch + 1}); "
                 f"checkpoint saved. Resume with: trainforge resume {self.cfg.run_dir}")
 
     # ------------------------------------------------------------------ setup and teardown
@@ -418,10 +408,9 @@ class Trainer:
         if callable(getattr(dataset, "state_dict", None)) and callable(getattr(dataset, "load_state_dict", None)):
             self.state.register("data", dataset)  # a stream's position and drop counts
         self.telemetry.reset()
-        for cb in default_callbacks(cfg, self.callbacks)[::-1]:
+        for cb in default_callbacks(cfg, list(self.callbacks))[::-1]:
             if cb not in self.callbacks:
-                self.add_callback(cb)
-                self.callbacks = [cb, *self.callbacks[:-1]]  # defaults go first
+                self.add_callback(cb, first=True)  # defaults go first
         if cfg.checkpoint.enabled:
             ck = cfg.checkpoint
             self.checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=ck.keep_last, keep_best=ck.keep_best,
@@ -434,13 +423,7 @@ class Trainer:
 
     def budget_reached(self) -> bool:
         """True once ``max_steps`` or ``max_epochs`` is used up."""
-        c, cfg = self.state.counters, self.cfg
-        return (cfg.max_steps is not None and c.step >= cfg.max_steps) or (cfg.max_epochs is not None and c.epoch >= cfg.max_epochs)
-
-    def _budget_reason(self) -> str:
-        if self.cfg.max_steps is not None and self.state.counters.step >= self.cfg.max_steps:
-            return f"max_steps reached ({self.cfg.max_steps})"
-        return f"max_epochs reached ({self.cfg.max_epochs})"
+        return self.state.counters.budget_reason(self.cfg.max_steps, self.cfg.max_epochs) is not None
 
     def _finish(self, phase: Phase, exc: BaseException | None = None) -> None:
         if exc is not None:
@@ -457,27 +440,8 @@ class Trainer:
         self.logger.close(failed=exc is not None)
 
     # ------------------------------------------------------------------ control, events, logging
-    def _check_controls(self) -> bool:
-        """Preemption and pause requests, at a step boundary. True ends the epoch (stop or budget)."""
-        if self._preempt_signal:
-            raise _PreemptNow()
-        if self._pause_requested and self._stop_reason is None:
-            self.lifecycle.to(Phase.PAUSED)
-            while self.phase == Phase.PAUSED and self._stop_reason is None and not self._preempt_signal:
-                self.lifecycle.wait_while(Phase.PAUSED, timeout=0.2)
-            if self.phase == Phase.PAUSED:
-                self.lifecycle.to(Phase.RUNNING)
-            if self._preempt_signal:
-                raise _PreemptNow()
-        return self._stop_reason is not None or self.budget_reached()
-
     def _fire(self, event: Event) -> None:
-        for cb in self.callbacks:  # add/remove_callback swap in a new list: safe during the loop
-            if overrides(cb, event):
-                try:
-                    getattr(cb, event.value)(self)
-                except StopTraining as s:
-                    self.stop(s.reason)
+        self.callbacks.fire(event, self)
 
     def _fire_safely(self, event: Event) -> None:
         try:
