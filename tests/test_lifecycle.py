@@ -68,7 +68,7 @@ def test_pause_and_resume_from_another_thread(tmp_path):
     paused_at["step"] = trainer.state.counters.step
     time.sleep(0.2)
     assert trainer.state.counters.step == paused_at["step"]  # no progress while paused
-    trainer.resume()
+    trainer.unpause()
     time.sleep(0.05)
     trainer.stop("test over")
     worker.join(timeout=30)
@@ -131,3 +131,11 @@ def test_set_lr_scales_the_schedule_from_there(tmp_path):
     trainer.fit((x, y))
     # linear decay 1.0, 0.9, ...; halved from step 4 on, keeping the decay's shape
     assert lrs[3] == pytest.approx(0.7) and lrs[4] == pytest.approx(0.3) and lrs[5] == pytest.approx(0.25)
+
+
+def test_resume_is_a_deprecated_name_of_unpause(tmp_path):
+    trainer = Trainer(tiny_mlp(), TrainConfig.from_dict(quiet_cfg(tmp_path)))
+    trainer.pause()
+    with pytest.warns(DeprecationWarning, match="use unpause"):
+        trainer.resume()
+    assert not trainer.controls.pause_requested
