@@ -6,16 +6,13 @@ host sync (a per-step ``.item()`` is what made some framework loops several time
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .fileio import atomic_write_text  # re-exported: the trainer writes config.yaml with it
 
 
 @dataclass

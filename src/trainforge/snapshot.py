@@ -14,8 +14,10 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from .checkpoint import CheckpointError, load_checkpoint
-from .gradients import NonFiniteError
+from .gradients import NonFiniteError, total_norm
 from .state import Phase, TrainState
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -110,7 +112,30 @@ def check(identity: dict[str, Any], model_state: dict[str, Any], meta: dict[str,
         print("trainforge: resuming with changed settings:\n  - " + "\n  - ".join(allowed), file=sys.stderr)
 
 
-# --------------------------------------------------------------------------- going back to a checkpoint
+# --------------------------------------------------------------------------- saving, and going back
+def save(trainer: "Trainer", name: str | None = None, *, pinned: bool = False) -> str | None:
+    """Write ``trainer``'s whole state as a checkpoint (phase CHECKPOINTING). The open log interval is
+    closed first, so a non-finite step is acted on before anything is written, and the history holds
+    the interval's losses. A model with non-finite weights is never saved: warns, returns None."""
+    if trainer.checkpoints is None:
+        raise RuntimeError("no checkpoint directory: call fit() first or enable checkpoint in the config")
+    trainer.log_interval(log=False)
+    if not torch.isfinite(total_norm([p.detach() for p in trainer.model.parameters()])):
+        warnings.warn("weights are not finite: checkpoint not written (the previous one stays latest)", stacklevel=3)
+        return None
+    c = trainer.state.counters
+    previous = trainer.lifecycle.to(Phase.CHECKPOINTING)
+    try:
+        payload = build_payload(trainer.state, trainer.identity())
+        path = trainer.checkpoints.save(name or f"step-{c.step:09d}", payload, step=c.step, epoch=c.epoch,
+                                        metrics=dict(trainer.state.metrics), pinned=pinned)
+        trainer.last_checkpoint, trainer.last_checkpoint_step = str(path), c.step
+    finally:
+        trainer.lifecycle.to(previous)
+    return trainer.last_checkpoint
+
+
+
 def resume_run(trainer: "Trainer", resume_from: str | Path) -> bool:
     """Load a checkpoint into ``trainer`` (phase RESTORING). True when that run had already finished
     (a gate, an early stop, its budget), so there is nothing to do; a budget that was raised goes on.

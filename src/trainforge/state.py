@@ -161,6 +161,11 @@ class TrainState:
         else:
             self.optional.add(key)
 
+    def register_if_stateful(self, key: str, part: Any) -> None:
+        """Register ``part`` when it has ``state_dict`` and ``load_state_dict`` (else nothing to save)."""
+        if callable(getattr(part, "state_dict", None)) and callable(getattr(part, "load_state_dict", None)):
+            self.register(key, part)
+
     def unregister(self, key: str) -> None:
         self.parts.pop(key, None)
         self.optional.discard(key)

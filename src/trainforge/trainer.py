@@ -30,14 +30,15 @@ from .data.spec import fit_data
 from .devices import autocast_factory, resolve_device, to_device
 from .events import Callback, CallbackList, Event, SkipBatch, overrides
 from .evaluation import Interrupted, evaluate
-from .gradients import NonFiniteError, clip_gradients, grad_extremes, total_norm
-from .metrics import atomic_write_text, epoch_summary, update_best
+from .gradients import clip_gradients, grad_extremes
+from .fileio import atomic_write_text
+from .metrics import epoch_summary, update_best
 from .results import FitResult, Preempted, fit_result, result_record, write_result
-from .telemetry import RollBackRequest, Telemetry
 from .optim import build_optimizer, build_schedule
 from .optim.schedules import schedule_horizon
 from .state import Lifecycle, Phase, RngState, TrainState, seed_everything
 from .tasks import Task, batch_size_of, make_task
+from .telemetry import RollBackRequest, Telemetry
 
 
 class Trainer:
@@ -342,26 +343,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, name: str | None = None, *, pinned: bool = False) -> str | None:
-        """Write the whole TrainState now (between steps). Returns the checkpoint path."""
-        if self.checkpoints is None:
-            raise RuntimeError("no checkpoint directory: call fit() first or enable checkpoint in the config")
-        self.log_interval(log=False)  # acts on a non-finite step first; the history gets the interval's losses
-        if not torch.isfinite(total_norm([p.detach() for p in self.model.parameters()])):
-            warnings.warn("weights are not finite: checkpoint not written (the previous one stays latest)", stacklevel=2)
-            return None
-        c = self.state.counters
+        """Write the whole TrainState now (between steps). Returns the checkpoint path, or None when the
+        weights are not finite (nothing written; the previous checkpoint stays latest)."""
         started = time.perf_counter()
-        previous = self.lifecycle.to(Phase.CHECKPOINTING)
         try:
-            payload = snapshot.build_payload(self.state, self.identity())
-            path = self.checkpoints.save(name or f"step-{c.step:09d}", payload, step=c.step, epoch=c.epoch,
-                                         metrics=dict(self.state.metrics), pinned=pinned)
-            self.last_checkpoint, self.last_checkpoint_step = str(path), c.step
+            path = snapshot.save(self, name, pinned=pinned)
         finally:
-            self.lifecycle.to(previous)
-            self.telemetry.meter.excluded += time.perf_counter() - started
-        self._fire(Event.CHECKPOINT)
-        return self.last_checkpoint
+            self.telemetry.meter.excluded += time.perf_counter() - started  # not training time
+        if path is not None:
+            self._fire(Event.CHECKPOINT)
+        return path
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint must match to resume this run (with the model's signature)."""
@@ -402,11 +393,8 @@ class Trainer:
         except TypeError:  # an iterable dataset without a length
             self.batches_per_epoch = None
         self.schedule = build_schedule(cfg.schedule, schedule_horizon(cfg, self.batches_per_epoch))
-        if callable(getattr(self.schedule, "state_dict", None)):
-            self.state.register("schedule", self.schedule)
-        dataset = getattr(self.train_loader, "dataset", None)
-        if callable(getattr(dataset, "state_dict", None)) and callable(getattr(dataset, "load_state_dict", None)):
-            self.state.register("data", dataset)  # a stream's position and drop counts
+        self.state.register_if_stateful("schedule", self.schedule)  # plateau
+        self.state.register_if_stateful("data", getattr(self.train_loader, "dataset", None))  # a stream's position
         self.telemetry.reset()
         for cb in default_callbacks(cfg, list(self.callbacks))[::-1]:
             if cb not in self.callbacks:
