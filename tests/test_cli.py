@@ -175,3 +175,22 @@ def test_sample_prints_text_from_a_char_lm_run(capsys, tmp_path):
     assert set(out) <= set(text.read_text()) | {"\n"}
     code, _, err = run_cli(capsys, "sample", run_dir, "--prompt", "ROMEO: zzz")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
+
+
+def test_user_code_beside_the_config_imports_without_pythonpath(tmp_path):
+    """`model: mymodels:build` from the project folder works through the console script, as `python -m` would."""
+    script = Path(sys.executable).parent / "trainforge"
+    if not script.exists():
+        pytest.skip("the trainforge console script is not installed beside this python")
+    (tmp_path / "mymodels.py").write_text(
+        "import torch\n"
+        "def build(width=8):\n    return torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.ReLU(), torch.nn.Linear(width, 2))\n"
+        "def data():\n    g = torch.Generator().manual_seed(0)\n    x = torch.randn(64, 4, generator=g)\n"
+        "    return (x, (x[:, 0] > 0).long()), None\n")
+    (tmp_path / "run.yaml").write_text("run_dir: runs/mine\nmax_epochs: 1\nbatch_size: 16\nmodel: mymodels:build\n"
+                                       "data: mymodels:data\nlog: {progress: false, sinks: [jsonl]}\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([str(script), "train", "run.yaml"], cwd=tmp_path, capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((tmp_path / "runs" / "mine" / "result.json").read_text())["summary"]["steps"] == 4

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import sys
 from typing import Any
 
 __all__ = ["import_object"]
@@ -24,6 +26,7 @@ def import_object(ref: Any, *, callable_only: bool = False) -> Any:
     module_name, sep, attr = text.partition(":")
     if not isinstance(ref, str) or not sep or not module_name or not attr:
         raise ValueError(f"{ref!r} must look like 'package.module:name' (e.g. 'mypkg.models:build')")
+    _current_directory_importable()
     try:
         obj = importlib.import_module(module_name)
     except ImportError as e:
@@ -41,3 +44,12 @@ def import_object(ref: Any, *, callable_only: bool = False) -> Any:
     if callable_only and not callable(obj):
         raise ValueError(f"{text!r} is a {type(obj).__name__}, not a callable")
     return obj
+
+
+def _current_directory_importable() -> None:
+    """The directory trainforge runs from is importable, as with ``python -m``: a config's
+    ``model: mypkg.models:build`` finds ``./mypkg`` without PYTHONPATH (the console script that
+    ``trainforge`` is does not put it on ``sys.path`` by itself)."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
