@@ -145,3 +145,16 @@ def test_sample_text(text_file):
 def test_unknown_setting(text_file):
     with pytest.raises(ConfigError, match="recipe_args.contex`"):
         char_lm.build(SimpleNamespace(seed=0, recipe_args={"path": str(text_file), "contex": 32}))
+
+
+@pytest.mark.parametrize("extra, horizon", [([], 600), (["schedule.total_steps=900"], 900)])
+def test_the_users_budget_sets_the_schedule_horizon(extra, horizon):
+    """char_lm with max_steps: 600 decays to its floor at step 600 — not on the recipe's 2000-step
+    horizon — unless the user set schedule.total_steps explicitly."""
+    from trainforge.optim import build_schedule
+    from trainforge.optim.schedules import schedule_horizon
+    cfg = TrainConfig.from_dict({"recipe": "char_lm", "max_steps": 600}, overrides=extra)
+    schedule = build_schedule(cfg.schedule, schedule_horizon(cfg, batches_per_epoch=None))
+    assert cfg.optimizer.lr * schedule(horizon) == pytest.approx(1e-4)
+    if horizon == 600:
+        assert cfg.schedule.total_steps is None

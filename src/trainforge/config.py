@@ -219,7 +219,7 @@ class TrainConfig(Section):
             data["run_dir"] = str(run_dir)
         if isinstance(data.get("recipe"), str):
             from .recipes import load_recipe  # recipes build configs: loaded by name, on demand
-            data = deep_merge(load_recipe(data["recipe"]).DEFAULTS, data)
+            data = deep_merge(recipe_defaults_under(load_recipe(data["recipe"]).DEFAULTS, data), data)
         try:
             return cls.model_validate(data)
         except ValidationError as e:
@@ -235,6 +235,17 @@ class TrainConfig(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def recipe_defaults_under(defaults: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    """A recipe's defaults as they apply under the user's fields: a budget the user set
+    (``max_steps`` / ``max_epochs``) also sets the schedule's horizon, unless the user set
+    ``schedule.total_steps`` too — a recipe's horizon never outlives the user's budget."""
+    out = copy.deepcopy(defaults)
+    user_schedule = user.get("schedule") if isinstance(user.get("schedule"), dict) else {}
+    if ("max_steps" in user or "max_epochs" in user) and "total_steps" not in user_schedule:
+        (out.get("schedule") or {}).pop("total_steps", None)
+    return out
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
