@@ -212,3 +212,16 @@ def test_retention_in_a_run_keeps_last_best_and_pinned(tmp_path):
     best_step = accs["step"][max(range(len(accs["value"])), key=lambda i: (accs["value"][i], -i))]
     assert names[-2:] == ["step-000000060", "step-000000072"]
     assert f"step-{best_step:09d}" in names and len(names) <= 3
+
+
+def test_a_resume_says_where_it_continues_and_a_preempted_fit_says_how_to_resume(tmp_path, capsys):
+    train, val = build_data()
+    cfg = make_cfg(tmp_path, max_epochs=2)
+    with pytest.raises(Preempted):
+        Trainer(build_model(), cfg, callbacks=[PreemptAt(7)]).fit(train, val)
+    err = capsys.readouterr().err
+    assert "preempted by SIGTERM at step 7 (epoch 1); checkpoint saved" in err
+    assert f"Resume with: trainforge resume {tmp_path / 'run'}" in err
+    Trainer(build_model(), cfg).fit(train, val, resume_from="latest")
+    err = capsys.readouterr().err
+    assert f"resuming from {tmp_path / 'run' / 'checkpoints' / 'step-000000007'} at step 7 (epoch 1, batch 7)" in err

@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(f"trainforge: {e}")
     except SystemExit as e:  # Preempted, or argparse --help
         message = getattr(e, "message", None)
-        if message:
+        if message and not getattr(e, "printed", False):
             print(message, file=sys.stderr)
         return int(e.code or 0)
     except KeyboardInterrupt:

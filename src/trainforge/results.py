@@ -17,6 +17,7 @@ class Preempted(SystemExit):
     def __init__(self, message: str):
         super().__init__(75)
         self.message = message
+        self.printed = False  # fit prints it on stderr before raising
 
 
 

@@ -156,8 +156,11 @@ def resume_run(trainer: "Trainer", resume_from: str | Path) -> bool:
     check(trainer.identity(), trainer.model.state_dict(), payload["meta"])
     trainer.lifecycle.to(Phase.RESTORING)
     restore_payload(trainer.state, payload)
-    trainer.last_checkpoint, trainer.last_checkpoint_step = str(path), trainer.state.counters.step
+    c = trainer.state.counters
+    trainer.last_checkpoint, trainer.last_checkpoint_step = str(path), c.step
     trainer.apply_lr()
+    where = f"epoch {c.epoch + 1}, batch {c.batch_in_epoch}" if c.batch_in_epoch else f"the start of epoch {c.epoch + 1}"
+    print(f"trainforge: resuming from {path} at step {c.step} ({where})", file=sys.stderr)
     reason = trainer.state.stopped_reason
     if reason is None or reason == "preempted" or reason.startswith("error"):
         return False

@@ -159,7 +159,10 @@ class Trainer:
         except PreemptRequested:
             self._save_on_preemption()
             self._finish(Phase.COMPLETED)
-            raise Preempted(self._preemption_message()) from None
+            preempted = Preempted(self._preemption_message())
+            print(preempted.message, file=sys.stderr)  # from Python as from the CLI: how to go on
+            preempted.printed = True
+            raise preempted from None
         except BaseException as exc:
             self.state.stopped_reason = f"error: {type(exc).__name__}: {exc}"
             self._finish(Phase.ERROR, exc)
