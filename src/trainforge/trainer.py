@@ -36,6 +36,7 @@ from .metrics import epoch_summary, update_best
 from .results import FitResult, Preempted, fit_result, result_record, write_result
 from .optim import build_optimizer, build_schedule
 from .optim.schedules import schedule_horizon
+from .summary import format_summary
 from .state import Lifecycle, Phase, RngState, TrainState, seed_everything
 from .tasks import Task, batch_size_of, make_task
 from .telemetry import RollBackRequest, Telemetry
@@ -407,6 +408,10 @@ class Trainer:
             self.checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=ck.keep_last, keep_best=ck.keep_best,
                                                  monitor=ck.monitor, mode=ck.mode, async_save=ck.async_save)
         atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+        summary = format_summary(self.model)
+        atomic_write_text(run_dir / "model_summary.txt", summary + "\n")
+        if "console" in cfg.log.sinks:
+            print(summary, file=sys.stderr)
         progress = [cb for cb in self.callbacks if isinstance(cb, ProgressBar)]
         self.logger = RunLogger(build_sinks(cfg, progress), cfg.log.level)
         self.logger.open(run_dir, cfg.to_dict())
