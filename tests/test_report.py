@@ -214,3 +214,30 @@ def test_errors_are_report_errors_naming_the_path(tmp_path, case):
         assert "result.json" in str(info.value)
     elif case != "no_dirs":
         assert str(run) in str(info.value)
+
+
+def test_overlay_legend_names_the_settings_that_differ(tmp_path):
+    a, b = fake_run(tmp_path / "a", seed=0), fake_run(tmp_path / "b", seed=1)
+    for path, lr in ((a, 0.03), (b, 0.1)):
+        result = json.loads((path / "result.json").read_text())
+        result["config"] = {**result["config"], "optimizer": {"name": "adamw", "lr": lr}, "seed": 0}
+        (path / "result.json").write_text(json.dumps(result))
+    fig = build_figure([load_run(a), load_run(b)])
+    texts = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert texts[0].startswith("optimizer.lr=0.03 [a]") and texts[1].startswith("optimizer.lr=0.1 [b]")
+
+
+def test_accuracy_axis_zooms_to_the_data_and_no_axis_has_an_offset_label(tmp_path):
+    run = fake_run(tmp_path / "run")
+    data = load_run(run)
+    steps = data.curves["val/accuracy"][0]
+    data.curves["val/accuracy"] = (steps, np.linspace(0.953, 0.957, len(steps)))
+    fig = build_figure([data])
+    fig.canvas.draw()
+    acc = next(ax for ax in fig.axes if ax.get_title(loc="left").startswith("Accuracy"))
+    low, high = acc.get_ylim()
+    assert 0.9 < low < 0.953 and 0.957 < high < 0.97  # 0.953 vs 0.957 readable, not a 0-1 axis
+    for ax in fig.axes:
+        if ax.get_visible():
+            assert ax.yaxis.get_offset_text().get_text() == "", ax.get_title(loc="left")
+            assert ax.xaxis.get_offset_text().get_text() == "", ax.get_title(loc="left")

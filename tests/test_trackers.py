@@ -160,3 +160,15 @@ def test_make_sink_names_and_errors(monkeypatch):
     with pytest.raises(SinkError, match=r"pip install trainforge\[tensorboard\]"):
         make_sink("tensorboard")
     assert issubclass(SinkError, ValueError)
+
+
+@needs_tb
+def test_tensorboard_gets_hparams_with_the_final_metrics(tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    run_sink(TensorBoardSink(), tmp_path, records())
+    content = read_tb(tmp_path / "tensorboard").PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["optimizer.lr"].number_value == pytest.approx(CONFIG["optimizer"]["lr"])
+    assert "run_dir" not in start.hparams
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {"train/loss", "val/loss"} <= {m.name.tag for m in experiment.metric_infos}

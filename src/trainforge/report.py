@@ -27,6 +27,9 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter
+
+from .callbacks.trackers import flatten
 
 from .config import parse_condition
 from .fileio import atomic_write_bytes, atomic_write_text
@@ -261,6 +264,9 @@ def _plot_metric(ax: Axes, run: RunData, metric: str, color: str, style: str, la
             marker="o" if marked else None, markersize=3.5)
 
 
+# Each tick says its own value: no offset or multiplier label ("+8e2", "x10^-4") above the axis.
+TICK_FORMAT = FuncFormatter(lambda value, _: f"{value:.4g}")
+
 # Reference lines are grey and named in the panel legend rather than by text on the plot:
 # a label written at the threshold sits exactly where the curves cross it.
 REF_COLOR = "0.45"
@@ -300,12 +306,18 @@ def _finish_axes(ax: Axes, panel: Panel, runs: list[RunData], metrics: list[str]
     ax.grid(True, alpha=0.3)
     values = np.concatenate([r.curves[m][1] for r in runs for m in metrics if m in r.curves])
     values = values[np.isfinite(values)]
+    ax.xaxis.set_major_formatter(TICK_FORMAT)
     if panel.bounded and values.size and values.min() >= 0 and values.max() <= 1:
-        ax.set_ylim(-0.02, 1.05)
+        # Zoom to the data and the gate lines: 0.953 vs 0.957 must be told apart, not squashed at the top.
+        levels = np.concatenate([values, [float(line.get_ydata()[0]) for line in refs]])
+        low, high = float(levels.min()), float(levels.max())
+        pad = max((high - low) * 0.08, 0.004)
+        ax.set_ylim(max(low - pad, -0.02), min(high + pad, 1.02))
+        ax.yaxis.set_major_formatter(TICK_FORMAT)
     elif panel.autolog and values.size and values.min() > 0 and _spans_decades(values):
         ax.set_yscale("log")
     else:
-        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
+        ax.yaxis.set_major_formatter(TICK_FORMAT)
     # Inside a panel, line style tells metrics apart; colour tells runs apart (figure legend).
     handles = [Line2D([], [], color="0.1", linestyle=LINESTYLES[i % len(LINESTYLES)], label=m)
                for i, m in enumerate(metrics)] if len(metrics) > 1 else []
@@ -319,12 +331,30 @@ def _spans_decades(values: np.ndarray) -> bool:
     return low > 0 and high / low > 30
 
 
-def _run_label(run: RunData) -> str:
+# Settings that tell nothing about a run's outcome: never used to name a run in a legend.
+_NOT_SETTINGS = ("run_dir", "log.", "checkpoint.", "device", "num_workers", "compile", "validation.max_batches")
+
+
+def differing_settings(runs: list[RunData], limit: int = 3) -> list[str]:
+    """Per run, the settings that differ between the runs (``optimizer.lr=0.03, seed=1``); empty
+    strings when the configs agree (or only one run is drawn)."""
+    if len(runs) < 2:
+        return [""] * len(runs)
+    flat = [flatten(r.config) for r in runs]
+    keys = sorted(set().union(*flat))
+    differ = [k for k in keys if not k.startswith(_NOT_SETTINGS)
+              and len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
+    more = f" (+{len(differ) - limit} more)" if len(differ) > limit else ""
+    return [", ".join(f"{k}={_fmt(f.get(k))}" for k in differ[:limit]) + (more if differ else "") for f in flat]
+
+
+def _run_label(run: RunData, settings: str = "") -> str:
+    name = f"{settings} [{run.name}]" if settings else run.name
     if run.gate_passed is True:
-        return f"{run.name} (gate passed)"
+        return f"{name} (gate passed)"
     if run.gate_passed is False:
-        return f"{run.name} (gate failed)"
-    return run.name if run.finished else f"{run.name} (running)"
+        return f"{name} (gate failed)"
+    return name if run.finished else f"{name} (running)"
 
 
 def build_figure(runs: list[RunData]) -> Figure:
@@ -365,7 +395,8 @@ def _add_titles(fig: Figure, runs: list[RunData]) -> None:
         fig.suptitle(f"{run.name}  —  {status}", fontsize=14)
         return
     # Several runs: the legend of run colours is the header (a suptitle would collide with it).
-    handles = [Line2D([], [], color=RUN_COLORS[i % len(RUN_COLORS)], linewidth=2.5, label=_run_label(r))
+    labels = differing_settings(runs)
+    handles = [Line2D([], [], color=RUN_COLORS[i % len(RUN_COLORS)], linewidth=2.5, label=_run_label(r, labels[i]))
                for i, r in enumerate(runs)]
     fig.legend(handles=handles, loc="outside upper center", ncols=min(len(runs), 4), fontsize=10, frameon=False)
 

@@ -155,7 +155,8 @@ def _cell(value: Any) -> str:
 
 class TensorBoardSink:
     """Event files under ``run_dir/tensorboard/``: each numeric metric a scalar at ``step``,
-    with the record's wall time, and the resolved config as a text summary.
+    with the record's wall time, the resolved config as a text summary, and at the end the
+    settings with the final metrics as hparams.
 
     On a resume (event files already there) the first record's step is the purge step:
     TensorBoard then hides what the killed run logged past its last checkpoint, instead of
@@ -166,6 +167,7 @@ class TensorBoardSink:
         self.log_dir: Path | None = None
         self._writer: Any = None
         self._config: dict[str, Any] = {}
+        self._final: dict[str, float] = {}  # each metric's last value, for the hparams table
 
     def open(self, run_dir: Path, config: dict[str, Any] | None = None) -> None:
         _require("tensorboard", "tensorboard")
@@ -178,13 +180,27 @@ class TensorBoardSink:
         step, walltime = int(record.get("step", 0)), record.get("time")
         for key, value in _metrics(record):
             self._writer.add_scalar(key, value, global_step=step, walltime=walltime)
+            self._final[key] = value
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         if self._writer is None and self.log_dir is not None:
             self._start(None)  # a run with no records still leaves its config behind
         if self._writer is not None:
+            self._write_hparams()
             self._writer.close()
             self._writer = None
+
+    def _write_hparams(self) -> None:
+        """The run's settings and final metrics in TensorBoard's HParams tab, so runs compare in one table
+        (written into this run's own event files, not a sub-run)."""
+        from torch.utils.tensorboard.summary import hparams
+
+        params = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str)
+                  for k, v in flatten(self._config).items() if k != "run_dir" and v is not None}
+        if not params or not self._final:
+            return
+        for summary in hparams(params, dict(self._final)):
+            self._writer.file_writer.add_summary(summary)
 
     def _start(self, first_step: int | None) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
