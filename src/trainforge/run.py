@@ -5,6 +5,7 @@ This is what the CLI calls; it is also usable from Python (``run_config(cfg)``).
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,10 +60,21 @@ def _data(cfg: TrainConfig) -> tuple[Any, Any]:
         from .data.spec import build_data
         spec = cfg.data if isinstance(cfg.data, DataSpec) else {"path": cfg.data}
         return build_data(spec, seed=cfg.seed)
-    out = _call(cfg.data, "data", cfg.data_args)
+    args = dict(cfg.data_args)
+    if "seed" not in args and _takes_seed(cfg.data):
+        args["seed"] = cfg.seed  # the run's seed, so a rerun (and a resume) sees the same data
+    out = _call(cfg.data, "data", args)
     if isinstance(out, tuple) and len(out) == 2:
         return out
     return out, None
+
+
+def _takes_seed(ref: str) -> bool:
+    try:
+        fn = import_object(ref)
+        return "seed" in inspect.signature(fn).parameters
+    except (ValueError, TypeError):  # not importable (reported by _call) or no signature
+        return False
 
 
 def run_config(cfg: TrainConfig, *, resume: bool = False, callbacks: list[Callback] = (), report: bool = True,
