@@ -12,16 +12,16 @@ from trainforge import Callback, NonFiniteError, Phase, TrainConfig, Trainer
 
 
 class NanAt(nn.Module):
-    """Wraps a model; its output turns NaN on chosen forward calls (counted from 1)."""
+    """Wraps a model; its output turns NaN on chosen training forward calls (counted from 1)."""
 
     def __init__(self, inner, bad_calls):
         super().__init__()
         self.inner, self.bad_calls, self.calls = inner, set(bad_calls), 0
 
-    def forward(self, x):
-        self.calls += 1
+    def forward(self, x):  # counts training calls (the sanity pass runs in eval mode)
+        self.calls += self.training
         out = self.inner(x)
-        return out * float("nan") if self.calls in self.bad_calls else out
+        return out * float("nan") if self.training and self.calls in self.bad_calls else out
 
 
 def cfg_for(tmp_path, **fields):

@@ -83,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .snapshot import ResumeError
+    from .user_errors import UserCodeError
     try:
         from .data.errors import DataError
     except ImportError:  # pragma: no cover
@@ -91,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except BadInput as e:
+        return fail(str(e))
+    except UserCodeError as e:  # already one block: what trainforge was doing, the batch, your frames
         return fail(str(e))
     except (ConfigError, CheckpointError, ResumeError, DataError) as e:
         return fail(f"trainforge: {e}")

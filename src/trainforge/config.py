@@ -176,6 +176,8 @@ class TrainConfig(Section):
     grad: GradConfig = GradConfig()
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     compile: bool = Field(False, description="wrap the model in torch.compile")
+    sanity_check: bool = Field(True, description="before the first step, one training and one validation batch "
+                               "through model, loss and backward (no trace left): user mistakes fail at once")
     checkpoint: CheckpointConfig = CheckpointConfig()
     validation: ValidationConfig = ValidationConfig()
     log: LogConfig = LogConfig()

@@ -17,6 +17,7 @@ from .events import Callback
 from .recipes.base import RecipeParts
 from .tasks import import_object
 from .trainer import FitResult, Trainer
+from .user_errors import user_code_error
 
 
 def resolve_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), run_dir: str | None = None) -> TrainConfig:
@@ -45,14 +46,24 @@ def build_parts(cfg: TrainConfig) -> RecipeParts:
 
 
 def _call(ref: str, field_name: str, kwargs: dict[str, Any]) -> Any:
+    """Call the user's ``module:callable`` with ``{field_name}_args``. Arguments that do not fit its
+    signature are a config error naming the field; anything raised inside it is the user's code
+    failing, reported with the user's own frames."""
     try:
         fn = import_object(ref)
     except ValueError as e:
         raise ConfigError(f"field `{field_name}`: {e}") from None
     try:
-        return fn(**kwargs)
+        inspect.signature(fn).bind(**kwargs)
     except TypeError as e:
-        raise ConfigError(f"field `{field_name}_args`: calling {ref} failed: {e}") from None
+        raise ConfigError(f"field `{field_name}_args`: {ref} does not take {kwargs}: {e}") from None
+    except ValueError:  # no signature to check (a builtin): let the call say
+        pass
+    try:
+        return fn(**kwargs)
+    except Exception as e:
+        raise user_code_error(f"building the {field_name} with {ref}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})",
+                              e) from e
 
 
 def _data(cfg: TrainConfig) -> tuple[Any, Any]:

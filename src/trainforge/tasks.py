@@ -168,7 +168,10 @@ class CallableTask(Task):
         out = self.fn(model, batch)
         loss, metrics = (out if isinstance(out, tuple) else (out, {}))
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            raise TypeError(f"task {self.name!r} must return a scalar loss tensor (or (loss, metrics)), got {type(loss).__name__}")
+            got = f"Tensor{list(loss.shape)} {str(loss.dtype).removeprefix('torch.')}" if isinstance(loss, torch.Tensor) \
+                else type(loss).__name__
+            raise TypeError(f"task {self.name!r} must return a scalar loss tensor (or (loss, metrics)), got {got}"
+                            + (": reduce it, e.g. .mean()" if isinstance(loss, torch.Tensor) else ""))
         return loss, dict(metrics or {})
 
     def train_step(self, model: nn.Module, batch: Any) -> StepOutput:

@@ -36,6 +36,7 @@ from .metrics import epoch_summary, update_best
 from .results import FitResult, Preempted, fit_result, result_record, write_result
 from .optim import build_optimizer, build_schedule
 from .optim.schedules import schedule_horizon
+from .sanity import sanity_pass
 from .summary import format_summary
 from .state import Lifecycle, Phase, RngState, TrainState, seed_everything
 from .tasks import Task, batch_size_of, make_task
@@ -152,6 +153,8 @@ class Trainer:
             if resume_from is None and self.checkpoints is not None and self.checkpoints.list(deep=False):
                 warnings.warn(f"starting a fresh run in {self.cfg.run_dir}, which holds checkpoints of an earlier "
                               "run: resume_from='latest' would continue it instead", stacklevel=2)
+            if self.cfg.sanity_check:
+                sanity_pass(self)
             self.lifecycle.to(Phase.RUNNING)
             with signals.handlers(self):
                 self._fire(Event.TRAIN_START)
