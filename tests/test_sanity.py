@@ -93,3 +93,35 @@ def test_model_args_that_do_not_fit_are_a_config_error_not_the_users_bug(tmp_pat
                                           data="tiny_project:build_data"))
     with pytest.raises(ConfigError, match=r"field `model_args`: tiny_project:build_model does not take \{'depth': 3\}"):
         build_parts(cfg)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"task": "clasification"}, r"field `task`: got 'clasification' — unknown task \(did you mean 'classification'\?\)"),
+])
+def test_a_misspelt_task_is_refused_at_the_door(tmp_path, fields, message):
+    from trainforge.config import ConfigError
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict(quiet_cfg(tmp_path, **fields))
+
+
+def test_cuda_on_a_cpu_only_torch_is_refused_before_any_work(tmp_path):
+    from trainforge.config import ConfigError
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match=r"field `device`: cuda, but this torch .* use device: auto"):
+        Trainer(nn.Linear(2, 2), TrainConfig.from_dict(quiet_cfg(tmp_path, device="cuda")))
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_config_file_is_named(tmp_path):
+    from trainforge.config import ConfigError
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match=r"config file .*empty.yaml is empty"):
+        TrainConfig.from_file(tmp_path / "empty.yaml")
+
+
+def test_class_targets_of_shape_b_1_get_the_fix(tmp_path):
+    x, y = tiny_data(n=32)
+    model = nn.Sequential(nn.Linear(6, 3))
+    with pytest.raises(UserCodeError, match=r"targets have shape \[8, 1\] for logits \[8, 3\].*y.squeeze\(-1\)"):
+        Trainer(model, TrainConfig.from_dict(quiet_cfg(tmp_path, batch_size=8))).fit((x, y[:, None]))

@@ -7,6 +7,7 @@ carries one message per problem: the field's dotted path, the value given and wh
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import tomllib
 from pathlib import Path
@@ -190,6 +191,16 @@ class TrainConfig(Section):
     def _precision_as_text(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int) else v
 
+    @field_validator("task")
+    @classmethod
+    def _task_known(cls, v: str) -> str:
+        from .tasks import TASKS  # the built-in task names live beside the tasks
+        if v not in TASKS and ":" not in v:
+            close = difflib.get_close_matches(v, list(TASKS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown task{hint}: use {', '.join(TASKS)}, or 'module:callable'")
+        return v
+
     @field_validator("device")
     @classmethod
     def _device_known(cls, v: str) -> str:
@@ -276,7 +287,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"config file {p} is not valid {p.suffix[1:].upper()}: {_one_line(e)}") from None
     if data is None:
-        data = {}
+        raise ConfigError(f"config file {p} is empty: it needs at least a budget and a model (or a recipe), "
+                          "e.g. `recipe: digits` — see configs/ for examples")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of keys, not a {type(data).__name__}")
     return data

@@ -10,9 +10,20 @@ import torch
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when there is one, else the CPU. A device this torch cannot use is refused
+    before any work, saying why (a CPU-only build, or no such GPU)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        from .config import ConfigError
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "built with CUDA but sees no GPU"
+            raise ConfigError(f"field `device`: {name}, but this torch ({torch.__version__}) is {build}; "
+                              "use device: auto (CUDA when there is one) or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"field `device`: {name}, but there are {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

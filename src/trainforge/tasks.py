@@ -65,6 +65,20 @@ class Task:
         return {"val/loss": float(sums["loss_sum"]) / count}
 
 
+def check_class_targets(logits: torch.Tensor, y: torch.Tensor) -> None:
+    """Class indices ``[B]`` (int64) for logits ``[B, C]``: a ``[B, 1]`` column or float labels fail
+    here with the fix, not inside cross_entropy."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"classification targets must be a tensor of class indices, got {type(y).__name__}")
+    if y.dim() == logits.dim() and y.shape[-1] == 1 and logits.shape[-1] != 1:
+        raise ValueError(f"classification targets have shape {list(y.shape)} for logits {list(logits.shape)}: "
+                         "they must be class indices of shape [B]; squeeze the last dimension (y.squeeze(-1))")
+    if y.is_floating_point() and y.shape != logits.shape:
+        raise ValueError(f"classification targets are {str(y.dtype).removeprefix('torch.')} {list(y.shape)}: "
+                         "class indices must be integers (y.long()); float targets need the shape of the "
+                         f"logits {list(logits.shape)} (class probabilities)")
+
+
 class Classification(Task):
     name = "classification"
 
@@ -75,6 +89,7 @@ class Classification(Task):
     def train_step(self, model: nn.Module, batch: Any) -> StepOutput:
         x, y = split_batch(batch)
         logits = model(x)
+        check_class_targets(logits, y)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         return StepOutput(loss, y.shape[0])
 
