@@ -1,4 +1,4 @@
-"""trainforge train | resume | demo | report | checkpoints | inspect | sample.
+"""trainforge train | resume | demo | report | checkpoints | inspect | sample | lr-find.
 
 Exit codes: 0 finished (a gate or early stop is a normal finish), 2 bad input (one message on
 stderr), 75 preempted by SIGTERM/SIGINT after writing a checkpoint (``trainforge resume`` continues).
@@ -67,6 +67,18 @@ def build_parser() -> Parser:
     i = sub.add_parser("inspect", help="show a checkpoint's step, metrics, tensor shapes and config",
                        description="Verify a checkpoint and show its step, epoch, metrics, shapes and config.")
     i.add_argument("checkpoint", help="a checkpoint directory (RUN_DIR/checkpoints/NAME)")
+
+    lf = sub.add_parser("lr-find", help="learning-rate range test: loss vs lr, a suggested lr, a PNG",
+                        description="Train a copy of the config's model for a few steps while the lr grows "
+                                    "exponentially; print the lr where the loss falls fastest and draw the curve. "
+                                    "The run directory is not touched.")
+    lf.add_argument("config", help="path to a .yaml, .yml or .toml config")
+    lf.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field by its dotted key (repeatable)")
+    lf.add_argument("--min-lr", type=float, default=1e-7, help="first lr of the sweep (default 1e-7)")
+    lf.add_argument("--max-lr", type=float, default=10.0, help="last lr of the sweep (default 10)")
+    lf.add_argument("--steps", type=int, default=100, help="optimizer steps in the sweep (default 100)")
+    lf.add_argument("--out", default="lr_find.png", help="the PNG to write (default ./lr_find.png)")
 
     s = sub.add_parser("sample", help="generate text from a trained language-model run",
                        description="Load a run's latest checkpoint and generate text (recipes with a sampler: char_lm).")
@@ -249,8 +261,28 @@ def _numel(shape: list[int]) -> int:
     return n
 
 
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from .lr_find import lr_range_test, plot
+    from .run import build_parts, load_config
+    cfg = load_config(args.config, args.overrides)
+    parts = build_parts(cfg)
+    try:
+        result = lr_range_test(parts.model, cfg, parts.train_data, task=parts.task, min_lr=args.min_lr,
+                               max_lr=args.max_lr, steps=args.steps)
+    except ValueError as e:
+        raise BadInput(f"trainforge lr-find: {e}") from None
+    out = plot(result, args.out)
+    if result.suggestion is None:
+        print(f"no clear descent in {len(result.lrs)} steps ({result.stopped}); widen --min-lr/--max-lr or "
+              f"add --steps. Curve: {out}")
+    else:
+        print(f"suggested lr: {result.suggestion:.3g} (steepest descent of the loss; {result.stopped}). "
+              f"Curve: {out}")
+    return EXIT_OK
+
+
 COMMANDS = {"train": cmd_train, "resume": cmd_resume, "demo": cmd_demo, "report": cmd_report,
-            "checkpoints": cmd_checkpoints, "inspect": cmd_inspect, "sample": cmd_sample}
+            "checkpoints": cmd_checkpoints, "inspect": cmd_inspect, "sample": cmd_sample, "lr-find": cmd_lr_find}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
