@@ -151,8 +151,8 @@ def test_flatten():
 def test_make_sink_names_and_errors(monkeypatch):
     assert isinstance(make_sink("csv"), CsvSink)
     assert isinstance(make_sink("MLflow", experiment="x"), MlflowSink)
-    with pytest.raises(SinkError, match="unknown sink 'wandb'.*csv, mlflow, tensorboard"):
-        make_sink("wandb")
+    with pytest.raises(SinkError, match="unknown sink 'neptune'.*csv, mlflow, tensorboard, wandb"):
+        make_sink("neptune")
     with pytest.raises(SinkError, match="sink 'csv'"):
         make_sink("csv", tracking_uri="x")
     real_find_spec = importlib.util.find_spec
@@ -172,3 +172,32 @@ def test_tensorboard_gets_hparams_with_the_final_metrics(tmp_path):
     assert "run_dir" not in start.hparams
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert {"train/loss", "val/loss"} <= {m.name.tag for m in experiment.metric_infos}
+
+
+# ---- Weights & Biases ------------------------------------------------------------------------
+
+needs_wandb = pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb not installed")
+
+
+@needs_wandb
+def test_wandb_offline_writes_its_run_files_in_the_run_dir(tmp_path, monkeypatch):
+    """Offline (no network): a real fit with `sinks: [wandb]` leaves wandb's run file, holding the
+    metric names and the config, under run_dir/wandb/."""
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    from helpers import quiet_cfg, tiny_data, tiny_mlp
+    from trainforge import TrainConfig, Trainer
+    x, y = tiny_data(n=32)
+    cfg = TrainConfig.from_dict(quiet_cfg(tmp_path, max_epochs=2, batch_size=8, log={"sinks": ["wandb"], "every_steps": 2,
+                                                                                         "progress": False}))
+    Trainer(tiny_mlp(), cfg).fit((x, y), (x, y))
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    data = runs[0].read_bytes()
+    assert b"train/loss" in data and b"val/accuracy" in data and b"max_epochs" in data
+
+
+def test_wandb_mode_is_checked_at_the_door(tmp_path):
+    from trainforge.config import ConfigError, TrainConfig
+    with pytest.raises(ConfigError, match="log.wandb_mode"):
+        TrainConfig.from_dict({"log": {"wandb_mode": "cloud"}})

@@ -105,10 +105,13 @@ class ValidationConfig(Section):
 class LogConfig(Section):
     level: Literal["minimal", "standard", "verbose"] = "standard"
     every_steps: int = Field(10, ge=1)
-    sinks: list[Literal["console", "jsonl", "csv", "tensorboard", "mlflow"]] = ["console", "jsonl", "csv"]
+    sinks: list[Literal["console", "jsonl", "csv", "tensorboard", "mlflow", "wandb"]] = ["console", "jsonl", "csv"]
     progress: bool = Field(True, description="tqdm bar per epoch")
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = "trainforge"
+    wandb_project: str = Field("trainforge", description="wandb sink: the project")
+    wandb_mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="wandb sink: offline writes run_dir/wandb/ with no network (wandb sync uploads it)")
     memory: bool = Field(True, description="log process RSS (and CUDA peak) every log step")
     profile_steps: int = Field(0, ge=0, description="write a torch.profiler trace of this many steps")
 

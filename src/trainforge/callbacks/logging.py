@@ -155,6 +155,8 @@ def build_sinks(cfg: Any, extra: list[Any] | None = None) -> list[Any]:
             kwargs = {}
             if name == "mlflow":
                 kwargs = {"tracking_uri": cfg.log.mlflow_tracking_uri, "experiment": cfg.log.mlflow_experiment}
+            elif name == "wandb":
+                kwargs = {"project": cfg.log.wandb_project, "mode": cfg.log.wandb_mode}
             sinks.append(make_sink(name, **kwargs))
     if "jsonl" not in cfg.log.sinks:
         sinks.append(JsonlSink())  # metrics.jsonl is part of the run directory contract

@@ -328,8 +328,13 @@ def _quote(text: str) -> str:
 # Factory
 # ----------------------------------------------------------------------------------------------
 
-SINKS: dict[str, type] = {"csv": CsvSink, "tensorboard": TensorBoardSink, "mlflow": MlflowSink}
-_EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # sink name -> module it needs
+def _wandb_sink(**kwargs: Any) -> Sink:
+    from .wandb_sink import WandbSink  # its own module, loaded only when asked for
+    return WandbSink(**kwargs)
+
+
+SINKS: dict[str, Any] = {"csv": CsvSink, "tensorboard": TensorBoardSink, "mlflow": MlflowSink, "wandb": _wandb_sink}
+_EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # sink name -> module it needs
 
 
 def _require(sink: str, module: str) -> None:
@@ -338,7 +343,7 @@ def _require(sink: str, module: str) -> None:
 
 
 def make_sink(name: str, **kwargs: Any) -> Sink:
-    """Build a sink by name: ``csv`` | ``tensorboard`` | ``mlflow`` (keyword arguments go to its
+    """Build a sink by name: ``csv`` | ``tensorboard`` | ``mlflow`` | ``wandb`` (keyword arguments go to its
     constructor). Fails here, before the run starts, on an unknown name or a missing package."""
     key = name.strip().lower()
     if key not in SINKS:
