@@ -37,6 +37,7 @@ from .optim.schedules import ReduceOnPlateau, schedule_horizon
 from .snapshot import build_payload, resume, rollback, save_on_preemption
 from .state import Lifecycle, Phase, TrainState, capture_rng, restore_rng, seed_everything
 from .tasks import Task, batch_size_of, make_task
+from .transforms import apply_model_transforms
 
 
 class Preempted(SystemExit):
@@ -95,6 +96,7 @@ class Trainer:
                  callbacks: Iterable[Callback] = (), evaluators: Iterable[Callable[[nn.Module], dict]] = (),
                  optimizer: torch.optim.Optimizer | None = None):
         self.cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg or {})
+        model, task, callbacks = apply_model_transforms(model, self.cfg, task=task, callbacks=callbacks)  # bitnet:, loss:
         self.device = resolve_device(self.cfg.device)
         self.model = model.to(self.device)
         self.forward_model = torch.compile(self.model) if self.cfg.compile else self.model
