@@ -226,7 +226,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise BadInput(f"trainforge sample: no valid checkpoint in {run_dir / 'checkpoints'}")
     parts = recipe.build(cfg)
     from .checkpoint import load_checkpoint
-    parts.model.load_state_dict(load_checkpoint(info.path)["model"])
+    from .transforms import LOSS_MODULE, convert_from_config
+    if cfg.bitnet is not None:  # a BitNet run samples from its quantized model
+        convert_from_config(parts.model, cfg.bitnet)
+    parts.model.load_state_dict({k: v for k, v in load_checkpoint(info.path)["model"].items()
+                                 if not k.startswith(LOSS_MODULE + ".")})
     text = recipe.sample_text(parts.model, cfg, args.prompt, max_new_tokens=args.tokens,
                               temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     print(text)
