@@ -107,14 +107,21 @@ class BitNetConfig(Section):
     """BitNet quantization-aware training: nn.Linear -> BitLinear at build time (see docs/bitnet.md)."""
 
     weight_bits: float = Field(1.58, description="1.58 (ternary {-1, 0, 1}, absmean scale) or 1 (binary {-1, 1}, sign)")
-    act_bits: int | None = Field(8, ge=2, le=16, description="per-token absmax activation bits; null keeps activations full precision")
-    skip: list[str] = Field(["lm_head"], description="layer names (or fnmatch patterns, or one dotted part) kept full precision")
-    norm: bool = Field(False, description="RMSNorm inside BitLinear before activation quantization (BitNet b1.58 notes)")
-    stochastic_rounding: bool = Field(False, description="round stochastically in training (deterministic in evaluation)")
+    act_bits: int | None = Field(8, ge=2, le=16,
+                                 description="per-token absmax activation bits; null keeps activations full precision")
+    skip: list[str] = Field(["lm_head"],
+                            description="layer names (or fnmatch patterns, or one dotted part) kept full precision")
+    norm: bool = Field(False,
+                       description="RMSNorm inside BitLinear before activation quantization (BitNet b1.58 notes)")
+    stochastic_rounding: bool = Field(False,
+                                      description="round stochastically in training (deterministic in evaluation)")
     eps: float = Field(1e-5, gt=0, le=1e-2, allow_inf_nan=False, description="keeps the scales away from 0")
-    phase_in_steps: int = Field(0, ge=0, le=10_000_000, description="blend lam from 0 to 1 over this many optimizer steps (0: quantized from the start)")
-    regularizer: float = Field(0.0, ge=0, le=1e4, allow_inf_nan=False, description="weight of the quantization regularizer loss term (loss/quant); 0 disables")
-    target_sparsity: float | None = Field(None, ge=0, le=1, allow_inf_nan=False, description="fraction of zero ternary weights the regularizer pushes towards")
+    phase_in_steps: int = Field(0, ge=0, le=10_000_000,
+                                description="lam rises 0 -> 1 over this many optimizer steps (0: quantized from the start)")
+    regularizer: float = Field(0.0, ge=0, le=1e4, allow_inf_nan=False,
+                               description="weight of the quantization regularizer loss term (loss/quant); 0 disables")
+    target_sparsity: float | None = Field(None, ge=0, le=1, allow_inf_nan=False,
+                                          description="fraction of zero ternary weights the regularizer pushes towards")
 
     @field_validator("weight_bits")
     @classmethod
@@ -132,25 +139,32 @@ class BitNetConfig(Section):
         return self
 
 
-LOSS_NAMES = ("cross_entropy", "label_smoothing", "focal", "mse", "huber", "l1", "infonce", "distill", "multitask")
-
 
 class LossConfig(Section):
     """The training loss, for the matching task (see docs/training.md, Losses). Validation keeps the
     task's plain loss (cross-entropy, MSE), so runs trained with different losses compare."""
 
     name: Literal["cross_entropy", "label_smoothing", "focal", "mse", "huber", "l1", "infonce", "distill", "multitask"]
-    label_smoothing: float | None = Field(None, ge=0, lt=1, allow_inf_nan=False, description="cross_entropy/label_smoothing (default 0.1 for label_smoothing)/distill hard part")
-    gamma: float = Field(2.0, ge=0, le=20, allow_inf_nan=False, description="focal: focusing exponent (0 is cross-entropy)")
+    label_smoothing: float | None = Field(None, ge=0, lt=1, allow_inf_nan=False,
+                                          description="cross_entropy (0), label_smoothing (0.1), distill's hard part (0)")
+    gamma: float = Field(2.0, ge=0, le=20, allow_inf_nan=False,
+                         description="focal: focusing exponent (0 is cross-entropy)")
     class_weights: list[float] | None = Field(None, description="focal/cross_entropy: one positive weight per class")
-    delta: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="huber: where the loss turns from quadratic to linear")
-    temperature: float = Field(1.0, gt=0, le=100, allow_inf_nan=False, description="infonce: similarity temperature; distill: softening temperature")
-    alpha: float = Field(0.5, ge=0, le=1, allow_inf_nan=False, description="distill: weight of the KD term; 1 - alpha weighs the hard-label loss")
-    teacher: str | None = Field(None, description="distill: a trainforge run dir or checkpoint dir (weights read from model.safetensors)")
+    delta: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False,
+                         description="huber: where the loss turns from quadratic to linear")
+    temperature: float = Field(1.0, gt=0, le=100, allow_inf_nan=False,
+                               description="infonce: similarity temperature; distill: softening temperature")
+    alpha: float = Field(0.5, ge=0, le=1, allow_inf_nan=False,
+                         description="distill: weight of the KD term; 1 - alpha weighs the hard-label loss")
+    teacher: str | None = Field(None,
+                                description="distill: a trainforge run dir or checkpoint dir (model.safetensors)")
     losses: dict[str, "LossConfig"] | None = Field(None, description="multitask: {part name: loss config}")
-    weights: dict[str, float] | None = Field(None, description="multitask, weighting fixed: {part name: weight} (default 1)")
-    weighting: Literal["fixed", "uncertainty"] = Field("fixed", description="multitask: fixed weights, or learned uncertainty weights (Kendall et al. 2018)")
-    output: int | str | None = Field(None, description="multitask part: which element of a tuple/dict model output it scores")
+    weights: dict[str, float] | None = Field(None,
+                                             description="multitask, weighting fixed: {part name: weight} (default 1)")
+    weighting: Literal["fixed", "uncertainty"] = Field("fixed",
+                                                       description="multitask: fixed, or learned uncertainty weights (Kendall 2018)")
+    output: int | str | None = Field(None,
+                                     description="multitask part: which element of a tuple/dict model output it scores")
     target: int | str | None = Field(None, description="multitask part: which element of a tuple/dict target it scores")
 
     @field_validator("class_weights")
