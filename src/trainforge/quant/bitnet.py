@@ -6,10 +6,11 @@ Weights (per tensor):
   (``W - alpha == 0`` counts as +1, so every weight is one of two values).
 Activations (per token, ``act_bits`` b, 8 by default): ``Q = 2^(b-1)``, ``s = (Q - 1) / max(|x|)`` over the last
 dim (the max clamped away from 0), ``x_q = clamp(round(x * s), -Q, Q - 1) / s``.
-Training uses the straight-through estimator ``x + lam * (q(x) - x).detach()`` for both, so the latent
-full-precision weights receive the dense gradient; ``lam`` is 1 except during phase-in, when it rises
-linearly 0 -> 1 (``lam = 0`` is exactly the dense layer). Without autograd (evaluation, export) the
-layer uses ``q(x)`` itself, so a model rebuilt from the packed export gives identical outputs.
+Training uses the straight-through estimator ``x + lam * (q(x) - x).detach()`` for both (as one
+autograd node: value ``q(x)``, gradient the identity), so the latent full-precision weights receive
+the dense gradient; ``lam`` is 1 except during phase-in, when it rises linearly 0 -> 1 (``lam = 0``
+is exactly the dense layer). Training and evaluation compute the same values, so a model rebuilt
+from the packed export gives identical outputs.
 
 Nothing here reads a value back from the device: ``lam`` is a Python float set between steps from
 the step counter (which the checkpoint holds), so a resumed run sees the same ``lam`` bit for bit.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from functools import partial
 from typing import Iterable, Iterator
 
 import torch
@@ -61,11 +63,29 @@ def quantize_activation(x: torch.Tensor, bits: int = 8, eps: float = 1e-5, stoch
     return _round(x * s, stochastic).clamp(-q, q - 1) / s
 
 
-def ste(x: torch.Tensor, q: torch.Tensor, lam: float) -> torch.Tensor:
-    """Straight-through: forward ``q`` (blended by ``lam``), backward identity to ``x``."""
-    if not torch.is_grad_enabled():
-        return q if lam == 1.0 else x + lam * (q - x)
-    return x + (q - x).detach() if lam == 1.0 else x + lam * (q - x).detach()
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the (quantized) value; backward: the gradient passed to ``x`` unchanged."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ARG004
+        return grad, None
+
+
+def ste(x: torch.Tensor, quantize, lam: float = 1.0) -> torch.Tensor:
+    """Straight-through: the value ``x + lam * (q(x) - x)`` (``q(x)`` when lam is 1), the gradient
+    of the identity — ``x + lam * (q(x) - x).detach()`` in one autograd node. ``q`` runs without
+    autograd (nothing of it is kept for backward), and training sees the very values evaluation does."""
+    with torch.no_grad():
+        q = quantize(x)
+        if lam != 1.0:
+            q = x + lam * (q - x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _StraightThrough.apply(x, q)
+    return q
 
 
 class BitLinear(nn.Linear):
@@ -115,10 +135,13 @@ class BitLinear(nn.Linear):
             return F.linear(x if self.norm is None else self.norm(x), self.weight, self.bias)
         if self.norm is not None:
             x = self.norm(x)
+        stochastic = self.stochastic and self.training
         if self.act_bits is not None:
-            stochastic = self.stochastic and self.training
-            x = ste(x, quantize_activation(x, self.act_bits, self.eps, stochastic), lam)
-        w = self.frozen_weight if self.frozen_weight is not None else ste(self.weight, self.quantized_weight(), lam)
+            x = ste(x, partial(quantize_activation, bits=self.act_bits, eps=self.eps, stochastic=stochastic), lam)
+        if self.frozen_weight is not None:
+            w = self.frozen_weight
+        else:
+            w = ste(self.weight, partial(quantize_weight, bits=self.weight_bits, eps=self.eps, stochastic=stochastic), lam)
         return F.linear(x, w, self.bias)
 
     def extra_repr(self) -> str:
