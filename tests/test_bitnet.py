@@ -190,6 +190,7 @@ def test_regularizer_is_zero_on_the_grid_and_target_sparsity_moves_zeros():
     assert float(quantization_regularizer(lin, target_sparsity=0.5).detach()) == pytest.approx(by_hand, rel=1e-6)
     by_hand_75 = sum(((w - q) / (g + 1e-5)) ** 2 for w, q in zip((0.5, -0.2, 0.05, 1.0), (0, 0, 0, g))) / 4
     assert float(quantization_regularizer(lin, target_sparsity=0.75).detach()) == pytest.approx(by_hand_75, rel=1e-6)
+    assert float(ternary_sparsity(nn.Sequential(lin, layer(1)))) == 0.5  # codes [[1, 0], [0, 1]]; 1-bit not counted
     # pushing towards sparsity: a few steps on the regularizer alone raise the zero fraction
     torch.manual_seed(0)
     model = nn.Sequential(BitLinear(64, 64))

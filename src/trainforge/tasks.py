@@ -149,6 +149,9 @@ class LanguageModel(Task):
 
     name = "language_model"
 
+    def __init__(self, loss: Loss | None = None):
+        self.loss = loss
+
     def _inputs(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(batch, torch.Tensor):
             if batch.dim() != 2 or batch.shape[1] < 2:
@@ -163,9 +166,6 @@ class LanguageModel(Task):
         logits = model(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction=reduction)
         return loss, y
-
-    def __init__(self, loss: Loss | None = None):
-        self.loss = loss
 
     def train_step(self, model: nn.Module, batch: Any) -> StepOutput:
         if self.loss is None:
@@ -257,10 +257,11 @@ class Contrastive(Task):
 
     def __init__(self, loss: Loss | None = None):
         self.loss = loss
+        self._default = InfoNCE(temperature=0.1)
 
     def train_step(self, model: nn.Module, batch: Any) -> StepOutput:
         a, b = split_batch(batch)
-        loss, parts = (self.loss or InfoNCE())(model(a), model(b))
+        loss, parts = (self.loss or self._default)(model(a), model(b))
         loss, parts = self._total(model, loss, parts if self.loss is not None else {})
         return StepOutput(loss, batch_size_of(a), parts=parts)
 
