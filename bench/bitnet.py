@@ -4,18 +4,19 @@ digits (configs/digits.yaml without its gate, then configs/digits_bitnet*.yaml; 
 budget): dense, BitNet 1.58, BitNet 1, BitNet 1.58 distilled from the dense run (the teacher).
 char_lm (configs/char_lm_cpu.yaml vs configs/char_lm_bitnet.yaml, equal steps): dense vs BitNet 1.58.
 Step time: median of ``--time-steps`` full training steps (forward, loss, backward, clip, AdamW) of
-the recipe's model on one fixed batch, dense and converted interleaved, this process's threads.
+the recipe's model on one fixed batch, dense and converted interleaved, on ``--time-threads`` threads.
 Size: the dense model's state in fp32 vs the packed export (``export_bitnet``), and the converted
 layers alone (fp32 weights vs packed codes + scales).
 
     .venv/bin/python bench/bitnet.py [--digits-epochs 30] [--char-steps 2000] [--no-char] [--no-digits]
-                                     [--time-steps 30] [--out runs/bench_bitnet]
+                                     [--time-steps 30] [--time-threads 1] [--out runs/bench_bitnet] [--reuse]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import shutil
 import statistics
 import sys
@@ -33,9 +34,20 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 
 
+TIME_THREADS = 1  # --time-threads: one thread is the steadiest measure on a shared machine
+REUSE = False  # --reuse: a finished run already in --out is read back instead of trained again
+
+
 def train(config: str, run_dir: Path, overrides: list[str]) -> tuple[dict, object]:
-    shutil.rmtree(run_dir, ignore_errors=True)
     cfg = load_config(CONFIGS / config, ["log.progress=false", "log.sinks=[jsonl]", *overrides], str(run_dir))
+    if REUSE and (run_dir / "result.json").is_file():
+        result = json.loads((run_dir / "result.json").read_text())
+        saved, wanted = dict(result.get("config") or {}), cfg.to_dict()
+        saved.pop("run_dir", None), wanted.pop("run_dir", None)
+        if result.get("phase") == "COMPLETED" and saved == wanted:
+            print(f"reusing {run_dir}", file=sys.stderr)
+            return {k: v["value"][-1] for k, v in result["curves"].items() if v["value"]}, cfg
+    shutil.rmtree(run_dir, ignore_errors=True)
     started = time.perf_counter()
     result = run_config(cfg, report=False, quiet=True)
     values = {k: v[-1] for k, v in result.history.items() if v}
@@ -58,7 +70,16 @@ def exported_size(cfg, run_dir: Path) -> str:
 
 
 def step_times(cfg, batch_fn, steps: int) -> tuple[float, float]:
-    """Median seconds per training step, dense and BitNet (cfg.bitnet), interleaved."""
+    """Median seconds per training step, dense and BitNet (cfg.bitnet), interleaved, on TIME_THREADS threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TIME_THREADS)
+    try:
+        return _step_times(cfg, batch_fn, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _step_times(cfg, batch_fn, steps: int) -> tuple[float, float]:
     dense = build_parts(cfg).model
     bit = copy.deepcopy(dense)
     convert_to_bitnet(bit, cfg.bitnet.weight_bits, cfg.bitnet.skip, act_bits=cfg.bitnet.act_bits, norm=cfg.bitnet.norm)
@@ -97,10 +118,14 @@ def main() -> int:
     ap.add_argument("--digits-epochs", type=int, default=30)
     ap.add_argument("--char-steps", type=int, default=2000)
     ap.add_argument("--time-steps", type=int, default=30)
+    ap.add_argument("--time-threads", type=int, default=1, help="torch threads while timing steps (default 1)")
     ap.add_argument("--no-digits", action="store_true")
     ap.add_argument("--no-char", action="store_true")
     ap.add_argument("--out", default="runs/bench_bitnet")
+    ap.add_argument("--reuse", action="store_true", help="read back finished runs (same config) in --out instead of training")
     args = ap.parse_args()
+    global REUSE, TIME_THREADS
+    REUSE, TIME_THREADS = args.reuse, args.time_threads
     out = Path(args.out)
     lines = ["| run | quality | val/loss | train step (median) | exported size |", "|---|---|---|---|---|"]
 
