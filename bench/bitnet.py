@@ -8,8 +8,11 @@ the recipe's model on one fixed batch, dense and converted interleaved, on ``--t
 Size: the dense model's state in fp32 vs the packed export (``export_bitnet``), and the converted
 layers alone (fp32 weights vs packed codes + scales).
 
-    .venv/bin/python bench/bitnet.py [--digits-epochs 30] [--char-steps 2000] [--no-char] [--no-digits]
-                                     [--time-steps 30] [--time-threads 1] [--out runs/bench_bitnet] [--reuse]
+On a machine shared with other work, run it with ``OMP_NUM_THREADS=1``: several processes that
+each spin two OpenMP threads on two cores made a char_lm step ~100x slower here (3.4 s, not 35 ms).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bitnet.py [--digits-epochs 30] [--char-steps 2000] [--no-char]
+        [--no-digits] [--time-steps 30] [--time-threads 1] [--out runs/bench_bitnet] [--reuse]
 """
 
 from __future__ import annotations
