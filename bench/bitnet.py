@@ -12,7 +12,7 @@ On a machine shared with other work, run it with ``OMP_NUM_THREADS=1``: several 
 each spin two OpenMP threads on two cores made a char_lm step ~100x slower here (3.4 s, not 35 ms).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bitnet.py [--digits-epochs 30] [--char-steps 2000] [--no-char]
-        [--no-digits] [--time-steps 30] [--time-threads 1] [--out runs/bench_bitnet] [--reuse]
+        [--no-digits] [--time-steps 30] [--time-threads 1] [--seed S] [--out runs/bench_bitnet] [--reuse]
 """
 
 from __future__ import annotations
@@ -38,11 +38,12 @@ CONFIGS = ROOT / "configs"
 
 
 TIME_THREADS = 1  # --time-threads: one thread is the steadiest measure on a shared machine
+SEED: list[str] = []  # --seed: an override applied to every run
 REUSE = False  # --reuse: a finished run already in --out is read back instead of trained again
 
 
 def train(config: str, run_dir: Path, overrides: list[str]) -> tuple[dict, object]:
-    cfg = load_config(CONFIGS / config, ["log.progress=false", "log.sinks=[jsonl]", *overrides], str(run_dir))
+    cfg = load_config(CONFIGS / config, ["log.progress=false", "log.sinks=[jsonl]", *SEED, *overrides], str(run_dir))
     if REUSE and (run_dir / "result.json").is_file():
         result = json.loads((run_dir / "result.json").read_text())
         saved, wanted = dict(result.get("config") or {}), cfg.to_dict()
@@ -125,10 +126,12 @@ def main() -> int:
     ap.add_argument("--no-digits", action="store_true")
     ap.add_argument("--no-char", action="store_true")
     ap.add_argument("--out", default="runs/bench_bitnet")
+    ap.add_argument("--seed", type=int, default=None, help="override every run's seed (default: the configs')")
     ap.add_argument("--reuse", action="store_true", help="read back finished runs (same config) in --out instead of training")
     args = ap.parse_args()
-    global REUSE, TIME_THREADS
+    global REUSE, TIME_THREADS, SEED
     REUSE, TIME_THREADS = args.reuse, args.time_threads
+    SEED = [] if args.seed is None else [f"seed={args.seed}"]
     out = Path(args.out)
     lines = ["| run | quality | val/loss | train step (median) | exported size |", "|---|---|---|---|---|"]
 
