@@ -363,3 +363,35 @@ def final_weights_at(run_dir, reason):
     assert result["stopped_reason"] == reason, result["stopped_reason"]
     from pathlib import Path
     return (Path(result["final_checkpoint"]) / "model.safetensors").read_bytes()
+
+
+def test_cli_export_help_explains_every_flag(capsys):
+    from trainforge.cli import build_parser, main
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "--help"])
+    out = capsys.readouterr().out
+    assert "usage: trainforge export" in out and "--bitnet" in out
+    assert main(["export", "nowhere", "--bitnet", "x.safetensors"]) == 2
+
+
+def test_sample_from_a_bitnet_char_lm_run_uses_the_quantized_model(capsys, tmp_path):
+    from trainforge.checkpoint import CheckpointManager, load_checkpoint
+    from trainforge.cli import main
+    from trainforge.recipes import char_lm
+    from trainforge.run import build_parts, load_config
+    text = tmp_path / "tiny.txt"
+    text.write_text("ROMEO: but soft, what light through yonder window breaks?\n" * 40)
+    run_dir = tmp_path / "clm"
+    sets = [f"recipe_args.path={text}", "max_steps=20", "recipe_args.n_layer=1", "recipe_args.n_embd=32",
+            "recipe_args.val_windows=24", "validation.every_steps=10", "checkpoint.every_steps=10",
+            "log.progress=false", "bitnet.weight_bits=1.58"]
+    assert main(["demo", "char_lm", "--run-dir", str(run_dir), *sum((["--set", s] for s in sets), [])]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(run_dir), "--prompt", "ROMEO:", "--tokens", "30"]) == 0
+    sampled = capsys.readouterr().out
+    cfg = load_config(run_dir / "config.yaml", run_dir=str(run_dir))
+    model = build_parts(cfg).model
+    convert_to_bitnet(model, 1.58)
+    latest = CheckpointManager(run_dir / "checkpoints", keep_last=None).latest_valid()
+    model.load_state_dict(load_checkpoint(latest.path)["model"])
+    assert sampled.rstrip("\n") == char_lm.sample_text(model, cfg, "ROMEO:", max_new_tokens=30, top_k=200).rstrip("\n")
