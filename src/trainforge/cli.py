@@ -1,4 +1,4 @@
-"""trainforge train | resume | demo | report | checkpoints | inspect | sample | lr-find.
+"""trainforge train | resume | demo | report | checkpoints | inspect | sample | export | lr-find.
 
 Exit codes: 0 finished (a gate or early stop is a normal finish), 2 bad input (one message on
 stderr), 75 preempted by SIGTERM/SIGINT after writing a checkpoint (``trainforge resume`` continues).
@@ -88,6 +88,14 @@ def build_parser() -> Parser:
     s.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
     s.add_argument("--top-k", type=int, default=200, help="sample from the k most likely tokens (default 200)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    e = sub.add_parser("export", help="write a BitNet run's model with packed low-bit weights",
+                       description="Load a BitNet run's latest valid checkpoint (or --checkpoint) and write its "
+                                   "quantized layers packed (2 bits per ternary, 1 bit per binary weight) with every "
+                                   "full-precision tensor, in safetensors; prints the sizes.")
+    e.add_argument("run_dir", help="the run directory (its config.yaml must have a `bitnet:` section)")
+    e.add_argument("--bitnet", required=True, metavar="OUT", help="output file, e.g. model.bitnet.safetensors")
+    e.add_argument("--checkpoint", help="a checkpoint directory to export instead of the latest valid one")
     return p
 
 
@@ -233,10 +241,44 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise BadInput(f"trainforge sample: no valid checkpoint in {run_dir / 'checkpoints'}")
     parts = recipe.build(cfg)
     from .checkpoint import load_checkpoint
-    parts.model.load_state_dict(load_checkpoint(info.path)["model"])
+    from .transforms import LOSS_MODULE, convert_from_config
+    if cfg.bitnet is not None:  # a BitNet run samples from its quantized model
+        convert_from_config(parts.model, cfg.bitnet)
+    parts.model.load_state_dict({k: v for k, v in load_checkpoint(info.path)["model"].items()
+                                 if not k.startswith(LOSS_MODULE + ".")})
     text = recipe.sample_text(parts.model, cfg, args.prompt, max_new_tokens=args.tokens,
                               temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     print(text)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointManager, load_checkpoint
+    from .quant import export_bitnet
+    from .run import build_parts, load_config
+    from .transforms import LOSS_MODULE, convert_from_config
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise BadInput(f"trainforge export: {run_dir} is not a run directory (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml", run_dir=str(run_dir))
+    if cfg.bitnet is None:
+        raise BadInput(f"trainforge export: the run in {run_dir} was trained dense (no `bitnet:` in its config.yaml); "
+                       "--bitnet exports BitNet runs")
+    if args.checkpoint:
+        checkpoint = Path(args.checkpoint)
+    else:
+        info = CheckpointManager(run_dir / "checkpoints", keep_last=None).latest_valid()
+        if info is None:
+            raise BadInput(f"trainforge export: no valid checkpoint in {run_dir / 'checkpoints'}")
+        checkpoint = Path(info.path)
+    model = build_parts(cfg).model
+    convert_from_config(model, cfg.bitnet)
+    weights = {k: v for k, v in load_checkpoint(checkpoint)["model"].items() if not k.startswith(LOSS_MODULE + ".")}
+    model.load_state_dict(weights)
+    sizes = export_bitnet(model.eval(), args.bitnet)
+    print(f"exported {checkpoint} -> {sizes.path}")
+    for line in sizes.lines():
+        print("  " + line)
     return EXIT_OK
 
 
@@ -282,7 +324,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "resume": cmd_resume, "demo": cmd_demo, "report": cmd_report,
-            "checkpoints": cmd_checkpoints, "inspect": cmd_inspect, "sample": cmd_sample, "lr-find": cmd_lr_find}
+            "checkpoints": cmd_checkpoints, "inspect": cmd_inspect, "sample": cmd_sample, "export": cmd_export,
+            "lr-find": cmd_lr_find}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

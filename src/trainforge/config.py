@@ -129,6 +129,102 @@ class EarlyStoppingConfig(Section):
     min_delta: float = Field(0.0, ge=0)
 
 
+class BitNetConfig(Section):
+    """BitNet quantization-aware training: nn.Linear -> BitLinear at build time (see docs/bitnet.md)."""
+
+    weight_bits: float = Field(1.58, description="1.58 (ternary {-1, 0, 1}, absmean scale) or 1 (binary {-1, 1}, sign)")
+    act_bits: int | None = Field(8, ge=2, le=16,
+                                 description="per-token absmax activation bits; null keeps activations full precision")
+    skip: list[str] = Field(["lm_head"],
+                            description="layer names (or fnmatch patterns, or one dotted part) kept full precision")
+    norm: bool = Field(False,
+                       description="RMSNorm inside BitLinear before activation quantization (BitNet b1.58 notes)")
+    stochastic_rounding: bool = Field(False,
+                                      description="round stochastically in training (deterministic in evaluation)")
+    eps: float = Field(1e-5, gt=0, le=1e-2, allow_inf_nan=False, description="keeps the scales away from 0")
+    phase_in_steps: int = Field(0, ge=0, le=10_000_000,
+                                description="lam rises 0 -> 1 over this many optimizer steps (0: quantized from the start)")
+    regularizer: float = Field(0.0, ge=0, le=1e4, allow_inf_nan=False,
+                               description="weight of the quantization regularizer loss term (loss/quant); 0 disables")
+    target_sparsity: float | None = Field(None, ge=0, le=1, allow_inf_nan=False,
+                                          description="fraction of zero ternary weights the regularizer pushes towards")
+
+    @field_validator("weight_bits")
+    @classmethod
+    def _known_bits(cls, v: float) -> float:
+        if v not in (1, 1.58):
+            raise ValueError("must be 1 (binary) or 1.58 (ternary)")
+        return float(v)
+
+    @model_validator(mode="after")
+    def _sparsity_needs_regularizer(self) -> "BitNetConfig":
+        if self.target_sparsity is not None and self.weight_bits == 1:
+            raise ValueError("target_sparsity: binary (1-bit) weights have no zeros; use weight_bits 1.58")
+        if self.target_sparsity is not None and self.regularizer == 0:
+            raise ValueError("target_sparsity: set regularizer > 0 too (the regularizer is what pushes towards it)")
+        return self
+
+
+
+class LossConfig(Section):
+    """The training loss, for the matching task (see docs/training.md, Losses). Validation keeps the
+    task's plain loss (cross-entropy, MSE), so runs trained with different losses compare."""
+
+    name: Literal["cross_entropy", "label_smoothing", "focal", "mse", "huber", "l1", "infonce", "distill", "multitask"]
+    label_smoothing: float | None = Field(None, ge=0, lt=1, allow_inf_nan=False,
+                                          description="cross_entropy (0), label_smoothing (0.1), distill's hard part (0)")
+    gamma: float = Field(2.0, ge=0, le=20, allow_inf_nan=False,
+                         description="focal: focusing exponent (0 is cross-entropy)")
+    class_weights: list[float] | None = Field(None, description="focal/cross_entropy: one positive weight per class")
+    delta: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False,
+                         description="huber: where the loss turns from quadratic to linear")
+    temperature: float = Field(1.0, gt=0, le=100, allow_inf_nan=False,
+                               description="infonce: similarity temperature; distill: softening temperature")
+    alpha: float = Field(0.5, ge=0, le=1, allow_inf_nan=False,
+                         description="distill: weight of the KD term; 1 - alpha weighs the hard-label loss")
+    teacher: str | None = Field(None,
+                                description="distill: a trainforge run dir or checkpoint dir (model.safetensors)")
+    losses: dict[str, "LossConfig"] | None = Field(None, description="multitask: {part name: loss config}")
+    weights: dict[str, float] | None = Field(None,
+                                             description="multitask, weighting fixed: {part name: weight} (default 1)")
+    weighting: Literal["fixed", "uncertainty"] = Field("fixed",
+                                                       description="multitask: fixed, or learned uncertainty weights (Kendall 2018)")
+    output: int | str | None = Field(None,
+                                     description="multitask part: which element of a tuple/dict model output it scores")
+    target: int | str | None = Field(None, description="multitask part: which element of a tuple/dict target it scores")
+
+    @field_validator("class_weights")
+    @classmethod
+    def _positive_weights(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or not all(0 < w < float("inf") for w in v)):
+            raise ValueError("give one finite weight > 0 per class")
+        return v
+
+    @field_validator("weights")
+    @classmethod
+    def _finite_weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for key, w in (v or {}).items():
+            if not 0 <= w < float("inf"):
+                raise ValueError(f"weight of {key!r} must be finite and >= 0, got {w}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LossConfig":
+        if self.name == "multitask":
+            if not self.losses:
+                raise ValueError("multitask needs `losses: {name: {name: ...}, ...}` (at least one part)")
+            unknown = sorted(set(self.weights or {}) - set(self.losses))
+            if unknown:
+                raise ValueError(f"weights name parts that are not in losses: {', '.join(unknown)}")
+            if self.weighting == "uncertainty" and self.weights:
+                raise ValueError("weighting uncertainty learns the weights: drop `weights`")
+        elif self.losses is not None or self.weights is not None:
+            raise ValueError(f"`losses`/`weights` belong to multitask, not {self.name}")
+        if self.name == "distill" and not self.teacher:
+            raise ValueError("distill needs `teacher`: a run dir or checkpoint dir of the teacher model")
+        return self
+
+
 GATE_OPS = (">=", "<=", ">", "<")
 
 
@@ -188,6 +284,8 @@ class TrainConfig(Section):
     distributed: DistributedConfig = DistributedConfig()
     early_stopping: EarlyStoppingConfig | None = None
     gate: dict[str, str] | None = Field(None, description="{metric: '> 0.95', ...}; all must hold to pass")
+    bitnet: BitNetConfig | None = Field(None, description="BitNet quantization-aware training; null = dense")
+    loss: LossConfig | None = Field(None, description="the training loss; null = the task's default")
 
     @field_validator("precision", mode="before")
     @classmethod

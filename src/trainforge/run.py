@@ -92,6 +92,8 @@ def run_config(cfg: TrainConfig, *, resume: bool = False, callbacks: list[Callba
                quiet: bool = False) -> FitResult:
     parts = build_parts(cfg)
     if not quiet:
+        if cfg.bitnet is not None:
+            parts.info = {**parts.info, "bitnet": f"{cfg.bitnet.weight_bits:g}-bit (skip {', '.join(cfg.bitnet.skip) or 'none'})"}
         info = " · ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in parts.info.items())
         name = cfg.recipe or cfg.model
         print(f"trainforge: {name}{' · ' + info if info else ''} · run dir {cfg.run_dir}", file=sys.stderr)

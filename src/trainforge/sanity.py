@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def sanity_pass(trainer: "Trainer") -> None:
     model, rng, was_training = trainer.model, capture_rng(), trainer.model.training
+    meter = getattr(trainer.task, "loss_parts", None)  # a task's running loss parts (loss/ce, loss/quant)
+    parts_before = meter.state_dict() if meter is not None else None
     model.eval()
     try:
         train = _first_batch(trainer.train_loader, "training")
@@ -41,6 +43,8 @@ def sanity_pass(trainer: "Trainer") -> None:
         trainer.optimizer.zero_grad(set_to_none=True)
         restore_rng(rng)
         model.train(was_training)
+        if meter is not None:
+            meter.load_state_dict(parts_before)
 
 
 def _first_batch(loader: Any, what: str) -> Any:

@@ -3,12 +3,15 @@
 A task never calls ``.item()``: it returns tensors, and the trainer syncs only at log time.
 Built in: ``classification`` (cross-entropy; accuracy and macro-F1 in evaluation),
 ``language_model`` (next-token cross-entropy on [B, T+1] token batches; tokens/s),
-``regression`` (MSE; MAE in evaluation), or any callable ``(model, batch) -> (loss, metrics)``.
+``regression`` (MSE; MAE in evaluation), ``contrastive`` (InfoNCE on two views), or any callable
+``(model, batch) -> (loss, metrics)``. A task may carry a configured training loss (``task.loss``,
+from ``trainforge.losses``) and extra weighted terms (``add_term``, e.g. BitNet's quantization
+regularizer); their parts are summed as tensors in ``task.loss_parts`` and logged at the log interval.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -16,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .importing import import_object  # re-exported: run.py resolves model: and data: references with it
+from .losses import InfoNCE, Loss, PartsMeter
 
 
 @dataclass
@@ -23,6 +27,7 @@ class StepOutput:
     loss: torch.Tensor
     samples: int
     tokens: int = 0
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)  # named loss terms (detached), logged as loss/<name>
 
 
 def split_batch(batch: Any) -> tuple[Any, Any]:
@@ -51,6 +56,34 @@ def batch_size_of(batch: Any) -> int:
 
 class Task:
     name = "task"
+    loss: Loss | None = None  # a configured training loss; None: the task's own default
+
+    def add_term(self, name: str, weight: float, fn: Callable[[nn.Module], torch.Tensor]) -> None:
+        """Add ``weight * fn(model)`` to the training loss (logged as ``loss/<name>``); replaces a term of that name."""
+        self.terms = {**getattr(self, "terms", {}), name: (float(weight), fn)}
+
+    @property
+    def loss_parts(self) -> PartsMeter:
+        meter = self.__dict__.get("_loss_parts")
+        if meter is None:
+            meter = self.__dict__["_loss_parts"] = PartsMeter()
+        return meter
+
+    def _total(self, model: nn.Module, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """The loss plus the weighted extra terms (training only: under no_grad, evaluation, neither
+        terms nor parts); the parts are summed as tensors, never read back here."""
+        if not torch.is_grad_enabled():
+            return loss, parts
+        terms = self.__dict__.get("terms")
+        if terms:
+            parts = dict(parts)
+            for name, (weight, fn) in terms.items():
+                value = fn(model)
+                parts[name] = value.detach()
+                loss = loss + weight * value
+        if parts:
+            self.loss_parts.add(parts)
+        return loss, parts
 
     def train_step(self, model: nn.Module, batch: Any) -> StepOutput:
         raise NotImplementedError
@@ -82,20 +115,26 @@ def check_class_targets(logits: torch.Tensor, y: torch.Tensor) -> None:
 class Classification(Task):
     name = "classification"
 
-    def __init__(self, num_classes: int | None = None, label_smoothing: float = 0.0):
+    def __init__(self, num_classes: int | None = None, label_smoothing: float = 0.0, loss: Loss | None = None):
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
+        self.loss = loss
 
     def train_step(self, model: nn.Module, batch: Any) -> StepOutput:
         x, y = split_batch(batch)
         logits = model(x)
         check_class_targets(logits, y)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        return StepOutput(loss, y.shape[0])
+        if self.loss is None:
+            loss, parts = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), {}
+        else:
+            loss, parts = self.loss(logits, y, inputs=x)
+        loss, parts = self._total(model, loss, parts)
+        return StepOutput(loss, y.shape[0], parts=parts)
 
     def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         x, y = split_batch(batch)
         logits = model(x)
+        check_class_targets(logits, y)
         k = self.num_classes or logits.shape[-1]
         pred = logits.argmax(-1)
         # A confusion matrix sums over batches and gives accuracy and macro-F1 exactly at the end.
@@ -126,6 +165,9 @@ class LanguageModel(Task):
 
     name = "language_model"
 
+    def __init__(self, loss: Loss | None = None):
+        self.loss = loss
+
     def _inputs(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(batch, torch.Tensor):
             if batch.dim() != 2 or batch.shape[1] < 2:
@@ -142,8 +184,14 @@ class LanguageModel(Task):
         return loss, y
 
     def train_step(self, model: nn.Module, batch: Any) -> StepOutput:
-        loss, y = self._loss(model, batch)
-        return StepOutput(loss, y.shape[0], y.numel())
+        if self.loss is None:
+            loss, y = self._loss(model, batch)
+            parts: dict[str, torch.Tensor] = {}
+        else:
+            x, y = self._inputs(batch)
+            loss, parts = self.loss(model(x), y, inputs=x)  # logits [B, T, V], targets [B, T]
+        loss, parts = self._total(model, loss, parts)
+        return StepOutput(loss, y.shape[0], y.numel(), parts=parts)
 
     def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         loss_sum, y = self._loss(model, batch, reduction="sum")
@@ -153,10 +201,19 @@ class LanguageModel(Task):
 class Regression(Task):
     name = "regression"
 
+    def __init__(self, loss: Loss | None = None):
+        self.loss = loss
+
     def train_step(self, model: nn.Module, batch: Any) -> StepOutput:
         x, y = split_batch(batch)
         pred = model(x)
-        return StepOutput(F.mse_loss(pred, y.reshape(pred.shape).to(pred.dtype)), y.shape[0])
+        if self.loss is None:
+            loss, parts = F.mse_loss(pred, y.reshape(pred.shape).to(pred.dtype)), {}
+        else:
+            target = y.reshape(pred.shape) if y.numel() == pred.numel() else y  # [N] targets for [N, 1] outputs
+            loss, parts = self.loss(pred, target, inputs=x)
+        loss, parts = self._total(model, loss, parts)
+        return StepOutput(loss, y.shape[0], parts=parts)
 
     def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         x, y = split_batch(batch)
@@ -191,7 +248,8 @@ class CallableTask(Task):
 
     def train_step(self, model: nn.Module, batch: Any) -> StepOutput:
         loss, _ = self._call(model, batch)
-        return StepOutput(loss, batch_size_of(batch))
+        loss, parts = self._total(model, loss, {})
+        return StepOutput(loss, batch_size_of(batch), parts=parts)
 
     def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         loss, metrics = self._call(model, batch)
@@ -210,7 +268,25 @@ class CallableTask(Task):
         return out
 
 
-TASKS: dict[str, type[Task]] = {"classification": Classification, "language_model": LanguageModel, "regression": Regression}
+class Contrastive(Task):
+    """Two views of the same items per batch, ``(view_a, view_b)``: the model embeds each ([N, D]) and
+    the loss (InfoNCE, temperature 0.1, in-batch negatives, by default) pulls matching rows together."""
+
+    name = "contrastive"
+
+    def __init__(self, loss: Loss | None = None):
+        self.loss = loss
+        self._default = InfoNCE(temperature=0.1)
+
+    def train_step(self, model: nn.Module, batch: Any) -> StepOutput:
+        a, b = split_batch(batch)
+        loss, parts = (self.loss or self._default)(model(a), model(b))
+        loss, parts = self._total(model, loss, parts if self.loss is not None else {})
+        return StepOutput(loss, batch_size_of(a), parts=parts)
+
+
+TASKS: dict[str, type[Task]] = {"classification": Classification, "language_model": LanguageModel, "regression": Regression,
+                                "contrastive": Contrastive}
 
 
 def make_task(task: str | Task | Callable) -> Task:

@@ -41,6 +41,7 @@ from .summary import format_summary
 from .state import Lifecycle, Phase, RngState, TrainState, seed_everything
 from .tasks import Task, batch_size_of, make_task
 from .telemetry import RollBackRequest, Telemetry
+from .transforms import apply_model_transforms
 
 
 class Trainer:
@@ -55,6 +56,7 @@ class Trainer:
                  callbacks: Iterable[Callback] = (), evaluators: Iterable[Callable[[nn.Module], dict]] = (),
                  optimizer: torch.optim.Optimizer | None = None):
         self.cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg or {})
+        model, task, callbacks = apply_model_transforms(model, self.cfg, task=task, callbacks=callbacks)  # bitnet:, loss:
         self.device = resolve_device(self.cfg.device)
         self.model = model.to(self.device)
         self.forward_model = torch.compile(self.model) if self.cfg.compile else self.model
