@@ -224,7 +224,7 @@ class PreemptAt(Callback):
 
     def on_after_optimizer_step(self, trainer):
         if trainer.state.counters.step == self.step:
-            trainer._preempt_signal = "SIGTERM"
+            trainer.request_preemption("SIGTERM")
 
 
 def test_bitnet_run_logs_sparsity_lambda_and_regularizer(tmp_path):

@@ -15,7 +15,7 @@ BAD_VALUES = [
     ("checkpoint.every_epochs", 0), ("checkpoint.every_steps", 0), ("checkpoint.keep_last", 0), ("checkpoint.mode", "up"),
     ("checkpoint.async_save", "maybe"),
     ("validation.every_epochs", 0), ("validation.max_batches", 0),
-    ("log.level", "loud"), ("log.every_steps", 0), ("log.sinks", ["wandb"]), ("log.profile_steps", -1),
+    ("log.level", "loud"), ("log.every_steps", 0), ("log.sinks", ["neptune"]), ("log.profile_steps", -1),
     ("distributed.strategy", "horovod"),
     ("early_stopping.patience", 0), ("early_stopping.mode", "sideways"),
     ("gate", {"eval/edge_compliance": "about 0.9"}),

@@ -154,7 +154,7 @@ class PreemptAt(Callback):
 
     def on_after_optimizer_step(self, trainer):
         if trainer.state.counters.step == self.step:
-            trainer._preempt_signal = "SIGTERM"
+            trainer.request_preemption("SIGTERM")
 
 
 def test_uncertainty_weights_are_trained_saved_and_resumed_exactly(tmp_path):
