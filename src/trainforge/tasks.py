@@ -35,13 +35,43 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
     if isinstance(batch, dict):
-        for xk, yk in (("x", "y"), ("input", "target"), ("inputs", "targets"), ("input", "label"), ("inputs", "labels")):
+        for xk, yk in (("x", "y"), ("input", "target"), ("inputs", "targets"), ("input", "label"), ("inputs", "labels"),
+                       ("input_ids", "labels"), ("input_ids", "label")):
             if xk in batch and yk in batch:
                 return batch[xk], batch[yk]
     raise ValueError(
-        "expected a batch of (inputs, targets) or a dict with keys x/y (or input/target, inputs/labels); "
+        "expected a batch of (inputs, targets) or a dict with keys x/y (or input/target, inputs/labels, "
+        "input_ids/labels); "
         f"got {type(batch).__name__}" + (f" with keys {sorted(batch)}" if isinstance(batch, dict) else "")
     )
+
+
+def call_model(model: nn.Module, x: Any, batch: Any) -> torch.Tensor:
+    """``model(x)``, with ``attention_mask=`` when the batch has one and the model's forward takes it;
+    the logits of a Hugging Face-style output (``.logits`` or ``["logits"]``)."""
+    mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+    out = model(x, attention_mask=mask) if mask is not None and _takes_attention_mask(model) else model(x)
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = out.get("logits") if isinstance(out, dict) else getattr(out, "logits", None)
+    if logits is None and isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        logits = out[0]
+    if logits is None:
+        raise TypeError(f"the model returned a {type(out).__name__}: expected logits (a tensor, or an output "
+                        "with .logits)")
+    return logits
+
+
+_MASK_ARG: dict[type, bool] = {}
+
+
+def _takes_attention_mask(model: nn.Module) -> bool:
+    inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper takes anything
+    kind = type(inner)
+    if kind not in _MASK_ARG:
+        import inspect
+        _MASK_ARG[kind] = "attention_mask" in inspect.signature(inner.forward).parameters
+    return _MASK_ARG[kind]
 
 
 def batch_size_of(batch: Any) -> int:
@@ -122,7 +152,7 @@ class Classification(Task):
 
     def train_step(self, model: nn.Module, batch: Any) -> StepOutput:
         x, y = split_batch(batch)
-        logits = model(x)
+        logits = call_model(model, x, batch)
         check_class_targets(logits, y)
         if self.loss is None:
             loss, parts = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), {}
@@ -133,7 +163,7 @@ class Classification(Task):
 
     def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         x, y = split_batch(batch)
-        logits = model(x)
+        logits = call_model(model, x, batch)
         check_class_targets(logits, y)
         k = self.num_classes or logits.shape[-1]
         pred = logits.argmax(-1)
@@ -160,13 +190,24 @@ class Classification(Task):
 
 
 class LanguageModel(Task):
-    """Next-token prediction. A batch is a LongTensor [B, T+1] (inputs = [:, :-1], targets = [:, 1:])
-    or a pair (inputs [B, T], targets [B, T]). The model returns logits [B, T, V]."""
+    """Next-token prediction. A batch is a LongTensor [B, T+1] (inputs = [:, :-1], targets = [:, 1:]),
+    a pair (inputs [B, T], targets [B, T]), or a Hugging Face-style dict (``input_ids``, optional
+    ``attention_mask`` and ``labels`` aligned with the inputs, -100 ignored). The model returns logits
+    [B, T, V] (or an output with ``.logits``)."""
 
     name = "language_model"
 
     def __init__(self, loss: Loss | None = None):
         self.loss = loss
+
+    def _logits_and_targets(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        if isinstance(batch, dict) and "input_ids" in batch:
+            # Hugging Face's convention: labels align with input_ids (-100 where ignored); the shift is ours.
+            ids = batch["input_ids"]
+            labels = batch.get("labels", ids)
+            return call_model(model, ids, batch)[:, :-1], labels[:, 1:], ids
+        x, y = self._inputs(batch)
+        return call_model(model, x, batch), y, x
 
     def _inputs(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(batch, torch.Tensor):
@@ -178,8 +219,7 @@ class LanguageModel(Task):
         return split_batch(batch)
 
     def _loss(self, model: nn.Module, batch: Any, reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self._inputs(batch)
-        logits = model(x)
+        logits, y, _ = self._logits_and_targets(model, batch)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction=reduction)
         return loss, y
 
@@ -188,8 +228,8 @@ class LanguageModel(Task):
             loss, y = self._loss(model, batch)
             parts: dict[str, torch.Tensor] = {}
         else:
-            x, y = self._inputs(batch)
-            loss, parts = self.loss(model(x), y, inputs=x)  # logits [B, T, V], targets [B, T]
+            logits, y, x = self._logits_and_targets(model, batch)
+            loss, parts = self.loss(logits, y, inputs=x)  # logits [B, T, V], targets [B, T]
         loss, parts = self._total(model, loss, parts)
         return StepOutput(loss, y.shape[0], y.numel(), parts=parts)
 
@@ -206,7 +246,7 @@ class Regression(Task):
 
     def train_step(self, model: nn.Module, batch: Any) -> StepOutput:
         x, y = split_batch(batch)
-        pred = model(x)
+        pred = call_model(model, x, batch)
         if self.loss is None:
             loss, parts = F.mse_loss(pred, y.reshape(pred.shape).to(pred.dtype)), {}
         else:
@@ -217,7 +257,7 @@ class Regression(Task):
 
     def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         x, y = split_batch(batch)
-        pred = model(x)
+        pred = call_model(model, x, batch)
         y = y.reshape(pred.shape).to(pred.dtype)
         return {"loss_sum": F.mse_loss(pred, y, reduction="sum").float(),
                 "abs_sum": (pred - y).abs().sum().float(),

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, Subset, TensorDataset, get_worker_info
 
+from .hf import as_torch, is_hf_dataset
+
 
 def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
     """A well-mixed 63-bit seed from (seed, epoch, salt); neighbouring inputs give unrelated seeds."""
@@ -161,10 +163,29 @@ def _shared_out(batch: Sequence[torch.Tensor]) -> torch.Tensor | None:
     return first.new(storage).resize_(len(batch), *first.shape)
 
 
+class HFData(Dataset):
+    """A Hugging Face ``datasets.Dataset`` (numeric columns as torch tensors): a batch is one slice."""
+
+    def __init__(self, table: Any):
+        self.table = as_torch(table)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.table[index]
+
+    def __getitems__(self, indices: list[int]) -> "Batched":
+        return Batched(self.table[indices])  # a dict of stacked columns, fetched at once
+
+
 def as_dataset(data: Any) -> Dataset | IterableDataset:
-    """Accept a Dataset, a tensor, or a tuple/list of equal-length tensors (inputs, targets, ...)."""
+    """Accept a Dataset, a tensor, a tuple/list of equal-length tensors (inputs, targets, ...), or a
+    Hugging Face ``datasets.Dataset``."""
     if isinstance(data, (Dataset, IterableDataset)):
         return data
+    if is_hf_dataset(data):
+        return HFData(data)
     if isinstance(data, torch.Tensor):
         return TensorData(data)
     if isinstance(data, np.ndarray):
