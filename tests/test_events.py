@@ -103,3 +103,14 @@ def test_log_values_of_a_callback_reach_every_train_record(tmp_path):
     assert Counter.calls == len(train)  # asked at the log interval only
     history = trainer.state.history["mine/steps"]
     assert history["step"] == history["value"] == [r["step"] for r in train]
+
+
+def test_epochs_count_from_1_in_records_and_console(tmp_path, capsys):
+    import json
+    trainer, result = run(tmp_path, [], log={"every_steps": 1, "progress": False, "sinks": ["jsonl", "console"]})
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    first_epoch = [r for r in records if r["step"] <= 2]
+    assert {r["epoch"] for r in first_epoch} == {1}
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
+    assert "epoch 1/2 · step 2" in capsys.readouterr().err
+    assert result.summary["epochs_completed"] == trainer.state.counters.epoch == 2

@@ -457,7 +457,9 @@ class Trainer:
 
     def _log(self, kind: str, values: dict[str, Any], plugin_values: dict[str, Any] | None = None) -> None:
         c = self.state.counters
-        self.logger.write({"kind": kind, "step": c.step, "epoch": c.epoch, "time": time.time(), **values}, plugin_values)
+        # "epoch" counts from 1, as the console does: the epoch this record belongs to
+        self.logger.write({"kind": kind, "step": c.step, "epoch": c.epoch + 1, "time": time.time(), **values},
+                          plugin_values)
 
     # ------------------------------------------------------------------ results
     def _result(self) -> FitResult:

@@ -1,6 +1,7 @@
 """The run's log: one record per log step, validation and epoch, fanned out to sinks.
 
-A record is ``{"kind": "train"|"val"|"epoch", "step", "epoch", "time", <metric>: value, ...}``.
+A record is ``{"kind": "train"|"val"|"epoch", "step", "epoch", "time", <metric>: value, ...}``;
+its ``epoch`` counts from 1 (the epoch the record belongs to, as the console shows it).
 A sink is any object with ``open(run_dir, config)``, ``write(record)`` and ``close()``.
 """
 
@@ -99,7 +100,7 @@ class ConsoleSink:
             self._epoch_val = record  # shown on the epoch's summary line
         elif kind == "epoch":
             total = f"/{self.max_epochs}" if self.max_epochs else ""
-            head = f"epoch {record['epoch'] + 1}{total} · step {record['step']}"
+            head = f"epoch {record['epoch']}{total} · step {record['step']}"
             if "train/epoch_loss" in record:
                 head += f" · loss {fmt(record['train/epoch_loss'])}"
             rest = {k: v for k, v in self._epoch_val.items() if "/" in k}
