@@ -100,3 +100,18 @@ def test_resolved_config_round_trips(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(cfg.to_yaml())
     assert TrainConfig.from_file(path) == cfg
+
+
+def test_trainforge_config_prints_every_field_with_its_description(capsys, tmp_path):
+    import yaml
+    from trainforge.cli import main
+    assert main(["config"]) == 0
+    text = capsys.readouterr().out
+    assert "lr: 0.0003  # peak learning rate" in text
+    loaded = yaml.safe_load(text)  # comments aside, it is the config itself
+    assert TrainConfig.from_dict(loaded) == TrainConfig()
+    (tmp_path / "c.yaml").write_text("recipe: digits\n")
+    assert main(["config", str(tmp_path / "c.yaml"), "--set", "seed=4"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["recipe"] == "digits" and resolved["seed"] == 4
+    assert main(["config", str(tmp_path / "missing.yaml")]) == 2

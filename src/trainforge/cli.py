@@ -1,4 +1,4 @@
-"""trainforge train | resume | demo | report | checkpoints | inspect | sample | export | lr-find.
+"""trainforge train | resume | demo | report | checkpoints | inspect | sample | export | lr-find | config.
 
 Exit codes: 0 finished (a gate or early stop is a normal finish), 2 bad input (one message on
 stderr), 75 preempted by SIGTERM/SIGINT after writing a checkpoint (``trainforge resume`` continues).
@@ -67,6 +67,13 @@ def build_parser() -> Parser:
     i = sub.add_parser("inspect", help="show a checkpoint's step, metrics, tensor shapes and config",
                        description="Verify a checkpoint and show its step, epoch, metrics, shapes and config.")
     i.add_argument("checkpoint", help="a checkpoint directory (RUN_DIR/checkpoints/NAME)")
+
+    cf = sub.add_parser("config", help="print every config field with its value and what it means",
+                        description="Print the full config as commented YAML: every field, its value (the defaults, "
+                                    "or CONFIG resolved with its recipe's defaults and --set) and its description.")
+    cf.add_argument("config", nargs="?", help="a config file to resolve (default: print the defaults)")
+    cf.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field by its dotted key (repeatable)")
 
     lf = sub.add_parser("lr-find", help="learning-rate range test: loss vs lr, a suggested lr, a PNG",
                         description="Train a copy of the config's model for a few steps while the lr grows "
@@ -303,6 +310,13 @@ def _numel(shape: list[int]) -> int:
     return n
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from .config import TrainConfig, annotated_config
+    cfg = TrainConfig.from_file(args.config, args.overrides) if args.config else TrainConfig.from_dict({}, args.overrides)
+    print(annotated_config(cfg), end="")
+    return EXIT_OK
+
+
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from .lr_find import lr_range_test, plot
     from .run import build_parts, load_config
@@ -325,7 +339,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "resume": cmd_resume, "demo": cmd_demo, "report": cmd_report,
             "checkpoints": cmd_checkpoints, "inspect": cmd_inspect, "sample": cmd_sample, "export": cmd_export,
-            "lr-find": cmd_lr_find}
+            "lr-find": cmd_lr_find, "config": cmd_config}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

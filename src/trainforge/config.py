@@ -464,3 +464,36 @@ def _known_keys(section: str) -> list[str]:
             return []
         model = candidates[0]
     return list(model.model_fields)
+
+
+# -- the annotated default config (`trainforge config`) ----------------------------------------------
+def annotated_config(cfg: "TrainConfig | None" = None) -> str:
+    """Every field of ``cfg`` (default: the defaults) with its value and description, as commented YAML."""
+    return "\n".join(_annotate(TrainConfig, cfg or TrainConfig(), indent=0)) + "\n"
+
+
+def _annotate(model: type[BaseModel], value: BaseModel, indent: int) -> list[str]:
+    lines: list[str] = []
+    pad = "  " * indent
+    for name, field in model.model_fields.items():
+        current = getattr(value, name)
+        note = f"  # {field.description}" if field.description else ""
+        section = _section_type(field.annotation)
+        if isinstance(current, BaseModel):
+            lines.append(f"{pad}{name}:{note}")
+            lines += _annotate(type(current), current, indent + 1)
+        elif current is None and section is not None:
+            keys = ", ".join(section.model_fields)
+            lines.append(f"{pad}{name}: null{note or '  #'} (a section: {keys})")
+        else:
+            shown = yaml.safe_dump(json.loads(json.dumps(current, default=str)), default_flow_style=True).strip()
+            shown = shown.removesuffix("\n...").removesuffix(" ...")
+            lines.append(f"{pad}{name}: {shown}{note}")
+    return lines
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    for candidate in getattr(annotation, "__args__", (annotation,)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
