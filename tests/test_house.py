@@ -300,3 +300,14 @@ def test_an_unknown_format_is_refused_by_name(tmp_path):
     from trainforge.snapshot import ResumeError, upgrade
     with pytest.raises(ResumeError, match="format 7 is not one this trainforge reads"):
         upgrade({"model": {}, "tensors": {}, "meta": {"format": 7}})
+
+
+def test_a_second_fit_rebuilds_the_per_fit_parts(tmp_path):
+    """The schedule and data are built by each fit: a second fit on one trainer replaces them in the registry."""
+    train, val = build_data()
+    cfg = TrainConfig.from_dict(quiet_cfg(tmp_path, max_epochs=1, batch_size=16, schedule={"name": "plateau"}))
+    trainer = Trainer(build_model(), cfg)
+    trainer.fit(train, val)
+    first = trainer.state.parts["schedule"]
+    trainer.fit(train, val)
+    assert trainer.state.parts["schedule"] is trainer.schedule is not first

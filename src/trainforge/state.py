@@ -162,7 +162,9 @@ class TrainState:
             self.optional.add(key)
 
     def register_if_stateful(self, key: str, part: Any) -> None:
-        """Register ``part`` when it has ``state_dict`` and ``load_state_dict`` (else nothing to save)."""
+        """``key`` holds ``part`` from now on if it has ``state_dict`` and ``load_state_dict``, and nothing
+        otherwise (for parts each ``fit`` builds anew: the schedule, the data)."""
+        self.unregister(key)
         if callable(getattr(part, "state_dict", None)) and callable(getattr(part, "load_state_dict", None)):
             self.register(key, part)
 
