@@ -66,7 +66,7 @@ def _data(cfg: TrainConfig) -> tuple[Any, Any]:
 
 
 def run_config(cfg: TrainConfig, *, resume: bool = False, callbacks: list[Callback] = (), report: bool = True,
-               quiet: bool = False) -> FitResult:
+               quiet: bool = False, allow_data_change: bool = False) -> FitResult:
     parts = build_parts(cfg)
     if not quiet:
         info = " · ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in parts.info.items())
@@ -74,9 +74,10 @@ def run_config(cfg: TrainConfig, *, resume: bool = False, callbacks: list[Callba
         print(f"trainforge: {name}{' · ' + info if info else ''} · run dir {cfg.run_dir}", file=sys.stderr)
     trainer = Trainer(parts.model, cfg, task=parts.task, callbacks=list(callbacks), evaluators=parts.evaluators)
     try:
-        result = trainer.fit(parts.train_data, parts.val_data, resume_from="latest" if resume else None)
+        result = trainer.fit(parts.train_data, parts.val_data, resume_from="latest" if resume else None,
+                             allow_data_change=allow_data_change)
     finally:
-        if report:
+        if report and trainer.opened:  # a refused or locked-out run leaves the run dir as it was
             write_report_quietly(Path(cfg.run_dir))
     return result
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .checkpoint import CheckpointError, load_checkpoint
+from .data.fingerprint import changes as data_changes
 from .gradients import NonFiniteError
 from .state import Phase, TrainState
 
@@ -45,6 +46,21 @@ def build_payload(state: TrainState, identity: dict[str, Any]) -> dict[str, Any]
     model_state = tensors.pop("model")
     meta = {"format": FORMAT, "state": saved["state"], "model_signature": signature(model_state), **identity}
     return {"model": model_state, "tensors": tensors, "meta": meta}
+
+
+def foreign(payload: dict[str, Any]) -> str | None:
+    """Why a loadable checkpoint is not one a run can resume from (None: it is). A checkpoint
+    written through ``CheckpointManager.save`` by other code has a meta of its own choosing."""
+    meta = payload.get("meta")
+    if not isinstance(meta, dict):
+        return "its meta is not a mapping"
+    if meta.get("format") not in (1, FORMAT):
+        return (f"not a checkpoint of a trainforge run (payload format {meta.get('format')!r}; this trainforge "
+                f"resumes formats 1 and {FORMAT})")
+    missing = [k for k in ("model_signature", "optimizer", "config", "state") if k not in meta]
+    if missing:
+        return f"not a checkpoint of a trainforge run: its meta lacks {', '.join(missing)}"
+    return None
 
 
 def upgrade(payload: dict[str, Any]) -> dict[str, Any]:
@@ -111,12 +127,13 @@ def check(identity: dict[str, Any], model_state: dict[str, Any], meta: dict[str,
 
 
 # --------------------------------------------------------------------------- going back to a checkpoint
-def resume_run(trainer: "Trainer", resume_from: str | Path) -> bool:
+def resume_run(trainer: "Trainer", resume_from: str | Path, *, allow_data_change: bool = False) -> bool:
     """Load a checkpoint into ``trainer`` (phase RESTORING). True when that run had already finished
     (a gate, an early stop, its budget), so there is nothing to do; a budget that was raised goes on.
-    ``"latest"`` with no checkpoint starts fresh, saying so."""
+    ``"latest"`` with no checkpoint starts fresh, saying so; a foreign checkpoint in the run is
+    skipped with a warning naming it. Every check runs before the state is touched."""
     if str(resume_from) == "latest":
-        found = trainer.checkpoints.load_latest() if trainer.checkpoints is not None else None
+        found = trainer.checkpoints.load_latest(accept=foreign) if trainer.checkpoints is not None else None
         if found is None:
             print(f"trainforge: no checkpoint in {Path(trainer.cfg.run_dir) / 'checkpoints'}; starting fresh",
                   file=sys.stderr)
@@ -127,8 +144,12 @@ def resume_run(trainer: "Trainer", resume_from: str | Path) -> bool:
         if not path.exists():
             raise CheckpointError(f"checkpoint {path} does not exist")
         payload = load_checkpoint(path)
+        problem = foreign(payload)
+        if problem:
+            raise ResumeError(f"cannot resume from {path}: {problem}")
     payload = upgrade(payload)
     check(trainer.identity(), trainer.model.state_dict(), payload["meta"])
+    check_data(trainer, path, payload["meta"].get("data_fingerprint"), allow_data_change)
     trainer.lifecycle.to(Phase.RESTORING)
     restore_payload(trainer.state, payload)
     trainer.last_checkpoint, trainer.last_checkpoint_step = str(path), trainer.state.counters.step
@@ -142,13 +163,30 @@ def resume_run(trainer: "Trainer", resume_from: str | Path) -> bool:
     return True
 
 
+def check_data(trainer: "Trainer", path: Path, saved: dict | None, allow: bool) -> None:
+    """Refuse a resume on training data that changed since the checkpoint (a resumed epoch would
+    read other samples, some twice, some never), unless allowed; an allowed change is recorded."""
+    changed = data_changes(saved, trainer.data_fingerprint)
+    if not changed:
+        return
+    lines = "\n  - ".join(changed)
+    if not allow:
+        raise ResumeError(f"cannot resume: the training data changed since checkpoint {path}:\n  - {lines}\n"
+                          "The resumed epoch would read other samples than the interrupted one. Put the data back, "
+                          "or continue on the new data with `trainforge resume RUN_DIR --allow-data-change` "
+                          "(fit(..., allow_data_change=True)); the change is recorded in result.json")
+    print(f"trainforge: resuming on changed training data (allowed):\n  - {lines}", file=sys.stderr)
+    trainer.result_extra.setdefault("data_changes", []).append(
+        {"checkpoint": str(path), "step": int(trainer.state.counters.step), "changes": changed})
+
+
 def rollback(trainer: "Trainer", message: str, bad_batches: set[tuple[int, int]]) -> None:
     """Restore the last good checkpoint, scale the lr down, skip the offending batches from now on."""
     g = trainer.cfg.grad
     rollbacks = trainer.state.counters.rollbacks + 1
     if rollbacks > g.max_rollbacks:
         raise NonFiniteError(f"{message}: gave up after {g.max_rollbacks} rollbacks")
-    found = trainer.checkpoints.load_latest() if trainer.checkpoints is not None else None
+    found = trainer.checkpoints.load_latest(accept=foreign) if trainer.checkpoints is not None else None
     if found is None:
         raise NonFiniteError(f"{message}: no checkpoint to roll back to")
     info, payload = found
