@@ -102,6 +102,9 @@ def build_parser() -> Parser:
     s.add_argument("--top-k", type=bounded(int, 1, 10_000_000), default=200,
                    help="sample from the k most likely tokens, k >= 1 (default 200)")
     s.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0, help="random seed, 0 to 2**32-1 (default 0)")
+    for cmd in sub.choices.values():  # also after the command: `trainforge train cfg.yaml --traceback`
+        cmd.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                         help="print the full traceback of any failure")
     return p
 
 

@@ -67,6 +67,9 @@ def _data(cfg: TrainConfig) -> tuple[Any, Any]:
 
 def run_config(cfg: TrainConfig, *, resume: bool = False, callbacks: list[Callback] = (), report: bool = True,
                quiet: bool = False, allow_data_change: bool = False) -> FitResult:
+    run_dir = Path(cfg.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():  # before building anything
+        raise ConfigError(f"field `run_dir`: {run_dir} exists and is not a directory; name a directory")
     parts = build_parts(cfg)
     if not quiet:
         info = " · ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in parts.info.items())

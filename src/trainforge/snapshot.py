@@ -149,7 +149,7 @@ def resume_run(trainer: "Trainer", resume_from: str | Path, *, allow_data_change
             raise ResumeError(f"cannot resume from {path}: {problem}")
     payload = upgrade(payload)
     check(trainer.identity(), trainer.model.state_dict(), payload["meta"])
-    check_data(trainer, path, payload["meta"].get("data_fingerprint"), allow_data_change)
+    check_data(trainer, path, payload["meta"].get("data_fingerprint"), allow_data_change, payload["meta"].get("state"))
     trainer.lifecycle.to(Phase.RESTORING)
     restore_payload(trainer.state, payload)
     trainer.last_checkpoint, trainer.last_checkpoint_step = str(path), trainer.state.counters.step
@@ -163,7 +163,7 @@ def resume_run(trainer: "Trainer", resume_from: str | Path, *, allow_data_change
     return True
 
 
-def check_data(trainer: "Trainer", path: Path, saved: dict | None, allow: bool) -> None:
+def check_data(trainer: "Trainer", path: Path, saved: dict | None, allow: bool, saved_state: dict | None = None) -> None:
     """Refuse a resume on training data that changed since the checkpoint (a resumed epoch would
     read other samples, some twice, some never), unless allowed; an allowed change is recorded."""
     changed = data_changes(saved, trainer.data_fingerprint)
@@ -176,8 +176,8 @@ def check_data(trainer: "Trainer", path: Path, saved: dict | None, allow: bool) 
                           "or continue on the new data with `trainforge resume RUN_DIR --allow-data-change` "
                           "(fit(..., allow_data_change=True)); the change is recorded in result.json")
     print(f"trainforge: resuming on changed training data (allowed):\n  - {lines}", file=sys.stderr)
-    trainer.result_extra.setdefault("data_changes", []).append(
-        {"checkpoint": str(path), "step": int(trainer.state.counters.step), "changes": changed})
+    step = ((saved_state or {}).get("counters") or {}).get("step")
+    trainer.result_extra.setdefault("data_changes", []).append({"checkpoint": str(path), "step": step, "changes": changed})
 
 
 def rollback(trainer: "Trainer", message: str, bad_batches: set[tuple[int, int]]) -> None:

@@ -203,13 +203,13 @@ class Trainer:
                 if self.state.pending_validation:
                     self.record_validation(mid_epoch=True)
                 while self.controls.stop_reason is None and not self.budget_reached():
-                    step = self.state.counters.step
+                    step, epoch = self.state.counters.step, self.state.counters.epoch
                     consumed = self._run_epoch()
                     if consumed == 0 and self.batches_per_epoch == 0:
                         warnings.warn("training data is empty: nothing to train on", stacklevel=3)
                         self.controls.stop_reason = "training data is empty"
                     elif consumed > 0 and self.state.counters.step == step and self.controls.stop_reason is None:
-                        self._trained_nothing(consumed)
+                        self._trained_nothing(epoch, consumed)
                 self.log_interval()
                 break
             except RollBackRequest as rb:  # the one place a non-finite step under `rollback` is handled
@@ -221,11 +221,10 @@ class Trainer:
         if self.checkpoints is not None and (self.cfg.checkpoint.save_last or self.controls.pin_final):
             self.save_checkpoint(pinned=self.controls.pin_final)
 
-    def _trained_nothing(self, consumed: int) -> None:
+    def _trained_nothing(self, epoch: int, consumed: int) -> None:
         """An epoch whose every batch was skipped is an error, not a finish (nothing was trained)."""
-        c = self.state.counters
         why = "; ".join(f"{n} {reason}" for reason, n in self._skip_reasons.items()) or "no optimizer step was made"
-        raise DataError(f"epoch {c.epoch + 1}: all {consumed} batch(es) were skipped, so nothing was trained ({why})")
+        raise DataError(f"epoch {epoch + 1}: all {consumed} batch(es) were skipped, so nothing was trained ({why})")
 
     def _run_epoch(self) -> int:
         """Optimizer steps until the epoch's batches run out or a boundary ends the run. Returns the
@@ -242,8 +241,9 @@ class Trainer:
             self.controls.at_boundary()
             if self.controls.stop_reason is not None or self.budget_reached():
                 return c.batch_in_epoch - start
+        consumed = c.batch_in_epoch - start  # _end_epoch starts the next epoch's count
         self._end_epoch()
-        return c.batch_in_epoch - start
+        return consumed
 
     def _epoch_batches(self) -> Iterator[Any]:
         """The epoch's batches from the resume position on, less those a rollback excluded and empty ones."""

@@ -146,19 +146,41 @@ def read_csv(path: Path, fields: Sequence[str] | None = None, dtype: Any = None,
         lines.append(reader.line_num)
     if not rows:
         raise DataError(f"{path} has a header but no rows")
-    columns = {name: parse_cells([r[j] for r in rows]) for j, name in enumerate(header)}
+    columns = {name: parse_cells([r[j] for r in rows], (path, lines, name) if fields is None or name in fields else None)
+               for j, name in enumerate(header)}
     records = [{name: columns[name][i] for name in header} for i in range(len(rows))]
     return records_to_dataset(records, lines, str(path), fields, dtype)
 
 
-def parse_cells(cells: list[str]) -> list:
-    """The column as ints if every cell is one, else floats, else the strings as they are."""
+def parse_cells(cells: list[str], where: tuple[Path, list, str] | None = None) -> list:
+    """The column as ints if every cell is one, else floats, else the strings as they are.
+
+    A column that is mostly numbers with a few cells that are not (``n/a``, an empty cell, a typo)
+    is an error naming file, line, column and cell (``where``: path, line numbers, column name):
+    read as text, the whole column would silently stop being a feature."""
     for kind in (int, float):
         try:
             return [kind(c) for c in cells]
         except ValueError:
             continue
+    if where is not None:
+        bad = [i for i, c in enumerate(cells) if not _is_number(c)]
+        if len(bad) * 2 < len(cells):  # mostly numbers: the others are mistakes, not text
+            path, lines, name = where
+            i = bad[0]
+            more = f" (and {len(bad) - 1} more cell(s) like it)" if len(bad) > 1 else ""
+            raise DataError(f"{path}:{lines[i]}: column {name!r}: cell {cells[i]!r} is not a number, but the "
+                            f"column's other cells are{more}; fix or drop the row (or leave the column out with "
+                            "`fields`)")
     return cells
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def read_text(path: Path) -> str:
