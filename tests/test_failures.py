@@ -129,7 +129,8 @@ def test_periodic_save_failure_warns_retries_and_three_in_a_row_stop_the_run(tmp
     assert result_json(tmp_path)["final_checkpoint"] == str(e.value.last_valid)
 
 
-def test_one_failed_periodic_save_is_retried_and_the_run_finishes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_one_failed_periodic_save_is_retried_and_the_run_finishes(tmp_path, monkeypatch, async_save):
     original, calls = ckpt_manager.write_files, []
 
     def flaky(tmp, job):
@@ -140,8 +141,9 @@ def test_one_failed_periodic_save_is_retried_and_the_run_finishes(tmp_path, monk
 
     monkeypatch.setattr(ckpt_manager, "write_files", flaky)
     with pytest.warns(UserWarning, match="CHECKPOINT NOT SAVED"):
-        result = Trainer(model(), cfg(tmp_path)).fit(data())
+        result = Trainer(model(), cfg(tmp_path, checkpoint={"async_save": async_save})).fit(data())
     assert result.final_checkpoint.endswith("step-000000008") and Path(result.final_checkpoint).is_dir()
+    assert calls == ["step-000000004", "step-000000008"]  # the failed one, then the next boundary's
 
 
 def test_torch_unexpected_pos_on_a_full_disk_is_named_as_a_full_disk(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 
 try:
@@ -54,6 +55,11 @@ class RunLock:
             raise RunDirLocked(f"run dir {self.path.parent} is in use by {holder}: one process writes a run "
                                "directory at a time; wait for it to end (or stop it), or pass --run-dir for "
                                "another run") from None
+        except OSError as e:  # a filesystem without locks (some network mounts): say so, go on unguarded
+            os.close(fd)
+            warnings.warn(f"run dir {self.path.parent}: cannot lock it ({e.strerror}); nothing stops a second "
+                          "process from writing into it meanwhile", stacklevel=3)
+            return
         except BaseException:
             os.close(fd)
             raise
@@ -96,5 +102,17 @@ def _read(fd: int) -> dict:
 def _describe(info: dict) -> str:
     if "pid" not in info:
         return "another process (starting up: its pid is not recorded yet)"
+    if info.get("host") == socket.gethostname() and not _alive(info["pid"]):
+        return f"another process (starting up: the pid recorded, {info['pid']}, is an earlier run's, now gone)"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["since"])) if "since" in info else "?"
     return f"pid {info['pid']} on host {info.get('host', '?')} (since {since})"
+
+
+def _alive(pid: object) -> bool:
+    try:
+        os.kill(int(pid), 0)  # type: ignore[call-overload]
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, TypeError, ValueError):
+        return True
+    return True

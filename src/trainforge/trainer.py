@@ -406,9 +406,9 @@ class Trainer:
             return None
         c = self.state.counters
         started = time.perf_counter()
+        self._settle_saves(periodic=True)  # an earlier async save was periodic: the final one is last
         previous = self.lifecycle.to(Phase.CHECKPOINTING)
         try:
-            self._settle_saves(periodic=True)  # an earlier async save was periodic: the final one is last
             payload = snapshot.build_payload(self.state, self.identity())
             path = self.checkpoints.save(name or f"step-{c.step:09d}", payload, step=c.step, epoch=c.epoch,
                                          metrics=dict(self.state.metrics), pinned=pinned)
