@@ -361,6 +361,9 @@ def test_resume_on_appended_data_is_refused_unless_allowed(tmp_path, monkeypatch
     assert code == 0, err
     change = json.loads((run_dir / "result.json").read_text())["data_changes"][0]
     assert change["step"] == 6 and "training samples: 96 -> 112" in change["changes"]
+    code, _, err = run_cli(capsys, "resume", run_dir, "--set", "max_epochs=3")  # same data since: goes on
+    assert code == 0, err
+    assert json.loads((run_dir / "result.json").read_text())["data_changes"] == [change]  # still recorded
 
 
 def test_in_memory_data_changes_are_noticed_too(tmp_path):

@@ -9,6 +9,7 @@ identity (model signature, optimizer type, task) to JSON.
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -149,7 +150,10 @@ def resume_run(trainer: "Trainer", resume_from: str | Path, *, allow_data_change
             raise ResumeError(f"cannot resume from {path}: {problem}")
     payload = upgrade(payload)
     check(trainer.identity(), trainer.model.state_dict(), payload["meta"])
+    earlier = recorded_data_changes(Path(trainer.cfg.run_dir))  # kept across later resumes
     check_data(trainer, path, payload["meta"].get("data_fingerprint"), allow_data_change, payload["meta"].get("state"))
+    if earlier:
+        trainer.result_extra["data_changes"] = earlier + trainer.result_extra.get("data_changes", [])
     trainer.lifecycle.to(Phase.RESTORING)
     restore_payload(trainer.state, payload)
     trainer.last_checkpoint, trainer.last_checkpoint_step = str(path), trainer.state.counters.step
@@ -161,6 +165,15 @@ def resume_run(trainer: "Trainer", resume_from: str | Path, *, allow_data_change
         trainer.state.stopped_reason = None  # the budget was raised: train on
         return False
     return True
+
+
+def recorded_data_changes(run_dir: Path) -> list:
+    """The data changes an earlier resume allowed, as result.json recorded them."""
+    try:
+        changes = json.loads((run_dir / "result.json").read_text(encoding="utf-8")).get("data_changes")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return list(changes) if isinstance(changes, list) else []
 
 
 def check_data(trainer: "Trainer", path: Path, saved: dict | None, allow: bool, saved_state: dict | None = None) -> None:
