@@ -317,10 +317,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return data
 
 
+def _union_branch_noise(err: dict, errors: list[dict]) -> bool:
+    """For a field that is a union (``data: str | DataSpec``), the error of the branch the value is
+    plainly not (a str expected, a mapping given) when another branch says what is really wrong."""
+    loc = err["loc"]
+    return (err["type"].endswith("_type") and len(loc) >= 2 and isinstance(err.get("input"), dict)
+            and any(o is not err and o["loc"][:len(loc) - 1] == loc[:-1] and not o["type"].endswith("_type")
+                    for o in errors))
+
+
+def _is_branch_tag(part: Any, model: str) -> bool:
+    return isinstance(part, str) and (part.startswith("function-after") or part == model)
+
+
 def format_validation_error(e: ValidationError) -> str:
     lines = []
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    errors = e.errors()
+    for err in errors:
+        if _union_branch_noise(err, errors):
+            continue
+        loc = ".".join(str(p) for p in err["loc"] if not _is_branch_tag(p, "DataSpec"))
         loc = loc or "config"
         if err["type"] == "extra_forbidden":
             section = ".".join(str(p) for p in err["loc"][:-1])
