@@ -196,6 +196,16 @@ def test_csv_number_column_with_a_bad_cell_names_file_line_column_and_cell(tmp_p
     assert load_dataset(path)[0]["name"] == "n0"  # a text column stays text
 
 
+def test_jsonl_number_field_with_a_bad_value_names_file_line_and_field(tmp_path):
+    from trainforge.data import load_dataset
+    path = tmp_path / "d.jsonl"
+    records = [{"x": i * 0.5, "y": i % 2} for i in range(20)]
+    records[4]["x"] = "n/a"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(DataError, match=r"d.jsonl:5: field 'x': value 'n/a' is not a number"):
+        load_dataset(path)
+
+
 def test_an_epoch_whose_every_batch_is_skipped_is_an_error_not_a_finish(tmp_path):
     class SkipAll(Callback):
         def on_batch_start(self, trainer):

@@ -63,11 +63,26 @@ def records_to_dataset(records: Sequence[dict], lines: Sequence[int], where: str
         absent = [f for f in fields if f not in rec]
         if absent:
             raise DataError(f"{where}:{lines[i]}: record lacks field(s) {absent} (every record needs {list(fields)})")
+    for f in fields:
+        check_mostly_numeric([rec[f] for rec in records], lines, where, f)
     dtypes = field_dtypes(dtype, fields, where)
     strict = isinstance(dtype, dict)  # one dtype for all applies to the numeric fields only
     columns = {f: make_column([rec[f] for rec in records], dtypes.get(f), f"{where}: field {f!r}", strict)
                for f in fields}
     return RecordDataset(columns, len(records))
+
+
+def check_mostly_numeric(values: list, lines: Sequence, where: str, name: str) -> None:
+    """A field that is a number in most records and not in a few (null, "n/a") is an error naming
+    the record: as a list of mixed values it would reach the model as something it cannot use."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    bad = [i for i, v in enumerate(values) if not number(v)]
+    if bad and len(bad) * 2 < len(values) and all(not isinstance(values[i], (list, dict)) for i in bad):
+        i = bad[0]
+        more = f" (and {len(bad) - 1} more like it)" if len(bad) > 1 else ""
+        raise DataError(f"{where}:{lines[i]}: field {name!r}: value {values[i]!r} is not a number, but the field's "
+                        f"other values are{more}; fix or drop the record")
 
 
 def make_column(values: list, dtype: torch.dtype | None, where: str, strict: bool = True) -> Any:
