@@ -1,7 +1,6 @@
 """The sanity pass: user mistakes fail before any step, in one block naming the user's line; a run
 with the pass is bit-identical to one without it."""
 
-import copy
 import subprocess
 import sys
 from pathlib import Path

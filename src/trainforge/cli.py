@@ -1,7 +1,9 @@
 """trainforge train | resume | demo | report | checkpoints | inspect | sample | export | lr-find | config.
 
 Exit codes: 0 finished (a gate or early stop is a normal finish), 2 bad input (one message on
-stderr), 75 preempted by SIGTERM/SIGINT after writing a checkpoint (``trainforge resume`` continues).
+stderr), 75 preempted by SIGTERM/SIGINT after writing a checkpoint (``trainforge resume`` continues),
+1 the run failed (a checkpoint that could not be written, a preemption with checkpointing disabled,
+an unexpected error: its traceback is saved to RUN_DIR/error.log; ``--traceback`` prints it).
 """
 
 from __future__ import annotations
@@ -19,6 +21,24 @@ class BadInput(Exception):
     """Anything the user can fix: printed as one line, exit 2."""
 
 
+_RUN_DIR: list[Path] = []  # the run directory once a command knows it: where error.log goes
+
+
+def note_run_dir(path: Any) -> None:
+    _RUN_DIR[:] = [Path(path)]
+
+
+def bounded(kind: type, low: float, high: float) -> Any:
+    """An argparse type: a finite number of ``kind`` in [low, high]."""
+    def parse(text: str) -> Any:
+        value = kind(text)  # a ValueError reads "invalid int value: 'two'"
+        if not (low <= value <= high):  # also false for nan
+            raise argparse.ArgumentTypeError(f"{text} is out of range: use a value in [{low:g}, {high:g}]")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one message, not usage + error
         raise BadInput(f"{self.prog}: {message} (see {self.prog} --help)")
@@ -26,6 +46,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> Parser:
     p = Parser(prog="trainforge", description="A PyTorch training engine: train, resume and inspect runs.")
+    p.add_argument("--traceback", action="store_true", help="print the full traceback of any failure")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
@@ -39,7 +60,7 @@ def build_parser() -> Parser:
                                    "use `trainforge resume RUN_DIR` to continue.")
     t.add_argument("config", help="path to a .yaml, .yml or .toml config")
     overrides(t)
-    t.add_argument("--nproc", type=int, default=1, help="processes per node for distributed training (1: this process)")
+    t.add_argument("--nproc", type=bounded(int, 1, 1024), default=1, help="processes per node for distributed training (1: this process)")
     t.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint if there is one")
 
     r = sub.add_parser("resume", help="continue a run from its latest valid checkpoint",
@@ -48,6 +69,8 @@ def build_parser() -> Parser:
     r.add_argument("run_dir", help="the run directory (holds config.yaml and checkpoints/)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change a resumable setting, e.g. --set max_epochs=20 (differences are reported)")
+    r.add_argument("--allow-data-change", action="store_true",
+                   help="resume although the training data changed since the checkpoint (recorded in result.json)")
 
     d = sub.add_parser("demo", help="run a recipe end to end (default: graph_walks)",
                        description="Run a built-in recipe end to end and write its report.")
@@ -91,10 +114,13 @@ def build_parser() -> Parser:
                        description="Load a run's latest checkpoint and generate text (recipes with a sampler: char_lm).")
     s.add_argument("run_dir", help="the run directory")
     s.add_argument("--prompt", default="\n", help="text to start from (default: a newline)")
-    s.add_argument("--tokens", type=int, default=500, help="how many tokens to generate (default 500)")
-    s.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
-    s.add_argument("--top-k", type=int, default=200, help="sample from the k most likely tokens (default 200)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--tokens", type=bounded(int, 1, 1_000_000), default=500,
+                   help="how many tokens to generate, 1 to 1e6 (default 500)")
+    s.add_argument("--temperature", type=bounded(float, 1e-3, 100.0), default=0.8,
+                   help="sampling temperature, 0.001 to 100 (default 0.8)")
+    s.add_argument("--top-k", type=bounded(int, 1, 10_000_000), default=200,
+                   help="sample from the k most likely tokens, k >= 1 (default 200)")
+    s.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0, help="random seed, 0 to 2**32-1 (default 0)")
 
     e = sub.add_parser("export", help="write a BitNet run's model with packed low-bit weights",
                        description="Load a BitNet run's latest valid checkpoint (or --checkpoint) and write its "
@@ -103,34 +129,31 @@ def build_parser() -> Parser:
     e.add_argument("run_dir", help="the run directory (its config.yaml must have a `bitnet:` section)")
     e.add_argument("--bitnet", required=True, metavar="OUT", help="output file, e.g. model.bitnet.safetensors")
     e.add_argument("--checkpoint", help="a checkpoint directory to export instead of the latest valid one")
+    for cmd in sub.choices.values():  # also after the command: `trainforge train cfg.yaml --traceback`
+        cmd.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                         help="print the full traceback of any failure")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .snapshot import ResumeError
-    from .user_errors import UserCodeError
-    try:
-        from .data.errors import DataError
-    except ImportError:  # pragma: no cover
-        DataError = ValueError  # type: ignore[misc,assignment]
+    """The one outer handler: every failure becomes one message and an exit code (``failures``)."""
+    from .failures import report
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    _RUN_DIR.clear()
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except BadInput as e:
         return fail(str(e))
-    except UserCodeError as e:  # already one block: what trainforge was doing, the batch, your frames
-        return fail(str(e))
-    except (ConfigError, CheckpointError, ResumeError, DataError) as e:
-        return fail(f"trainforge: {e}")
     except SystemExit as e:  # Preempted, or argparse --help
         message = getattr(e, "message", None)
         if message and not getattr(e, "printed", False):
             print(message, file=sys.stderr)
-        return int(e.code or 0)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else fail(str(e.code), EXIT_FAILED))
     except KeyboardInterrupt:
         return fail("trainforge: interrupted", EXIT_FAILED)
+    except Exception as e:  # noqa: BLE001 - the one place every other failure is told
+        return report(e, run_dir=_RUN_DIR[0] if _RUN_DIR else None, argv=argv, show_traceback="--traceback" in argv)
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
@@ -143,6 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc != 1:
         raise BadInput("trainforge train: --nproc: distributed launch is not available in this version; use --nproc 1")
     cfg = load_config(args.config, args.overrides, args.run_dir)
+    note_run_dir(cfg.run_dir)
     if not args.resume and _has_checkpoints(Path(cfg.run_dir)):
         raise BadInput(f"trainforge train: {cfg.run_dir} already holds a run with checkpoints; continue it with "
                        f"`trainforge resume {cfg.run_dir}` (or train --resume), or pass --run-dir for a new run")
@@ -154,13 +178,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
     config = Path(args.run_dir) / "config.yaml"
     if not config.is_file():
         raise BadInput(f"trainforge resume: {args.run_dir} is not a run directory (no config.yaml)")
+    note_run_dir(args.run_dir)
     cfg = load_config(config, args.overrides, args.run_dir)
-    return finish(run_config(cfg, resume=True), cfg)
+    return finish(run_config(cfg, resume=True, allow_data_change=args.allow_data_change), cfg)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .run import resolve_config, run_config
     cfg = resolve_config({"recipe": args.name, "run_dir": f"runs/{args.name}"}, args.overrides, args.run_dir)
+    note_run_dir(cfg.run_dir)
     # A demo continues its own run (an interrupted demo picks up where it stopped); a finished one
     # says so and points at its results.
     code = finish(run_config(cfg, resume=True), cfg)
@@ -195,7 +221,10 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointManager, format_checkpoint_table
     directory = Path(args.run_dir) / "checkpoints"
     if not Path(args.run_dir).is_dir():
-        raise BadInput(f"trainforge checkpoints: {args.run_dir} does not exist")
+        raise BadInput(f"trainforge checkpoints: {args.run_dir} is not a directory" if Path(args.run_dir).exists()
+                       else f"trainforge checkpoints: {args.run_dir} does not exist")
+    if directory.exists() and not directory.is_dir():
+        raise BadInput(f"trainforge checkpoints: {directory} is a file, not a directory of checkpoints")
     if not directory.is_dir():
         print(f"no checkpoints in {args.run_dir}")
         return EXIT_OK
@@ -211,8 +240,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint)
     if not path.exists():
         raise BadInput(f"trainforge inspect: {path} does not exist")
+    if not path.is_dir():
+        raise BadInput(f"trainforge inspect: {path} is a file; name a checkpoint directory (RUN_DIR/checkpoints/NAME)")
     payload = load_checkpoint(path)
-    meta = payload["meta"]
+    meta = payload["meta"] if isinstance(payload["meta"], dict) else {}
     state = meta.get("state", {})
     counters = state.get("counters", {})
     shapes = {k: list(v.shape) for k, v in payload["model"].items()}
@@ -239,6 +270,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise BadInput(f"trainforge sample: {run_dir} is not a run directory (no config.yaml)")
+    note_run_dir(run_dir)
     cfg = load_config(run_dir / "config.yaml", run_dir=str(run_dir))
     recipe = load_recipe(cfg.recipe) if cfg.recipe else None
     if recipe is None or not hasattr(recipe, "sample_text"):

@@ -22,15 +22,16 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # no .inf / .nan anywhere
 
 
 class OptimizerConfig(Section):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = Field(3e-4, gt=0, description="peak learning rate")
-    weight_decay: float = Field(0.01, ge=0, description="applied to weights only, never biases or norms")
+    lr: float = Field(3e-4, gt=0, le=10, description="peak learning rate, in (0, 10]")
+    weight_decay: float = Field(0.01, ge=0, le=100, description="applied to weights only, never biases or norms; "
+                                "in [0, 100] (grokking uses 1.0)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="adam/adamw")
-    eps: float = Field(1e-8, gt=0)
+    eps: float = Field(1e-8, gt=0, le=1, description="adam/adamw, in (0, 1]")
     momentum: float = Field(0.0, ge=0, lt=1, description="sgd only")
     nesterov: bool = False
     fused: bool | None = Field(None, description="PyTorch's fused kernel; null: where the parameters allow "
@@ -47,11 +48,12 @@ class OptimizerConfig(Section):
 class ScheduleConfig(Section):
     name: Literal["warmup_cosine", "constant", "linear", "one_cycle", "cyclic", "plateau", "sequence"] = "warmup_cosine"
     warmup: float = Field(0.1, ge=0, lt=1, description="fraction of total optimizer steps spent warming up")
-    warmup_steps: int | None = Field(None, ge=0, description="overrides `warmup` when set")
+    warmup_steps: int | None = Field(None, ge=0, le=10**12, description="overrides `warmup` when set; <= 1e12")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="floor of the decay, as a fraction of lr")
-    total_steps: int | None = Field(None, gt=0, description="decay horizon; default: the run's total optimizer steps")
-    cycle_steps: int = Field(1000, gt=0, description="cyclic: steps per half cycle")
-    patience: int = Field(5, ge=0, description="plateau: evaluations in a row without improvement tolerated; "
+    total_steps: int | None = Field(None, gt=0, le=10**12, description="decay horizon (<= 1e12); default: the run's "
+                                      "total optimizer steps")
+    cycle_steps: int = Field(1000, gt=0, le=10**12, description="cyclic: steps per half cycle (<= 1e12)")
+    patience: int = Field(5, ge=0, le=10**6, description="plateau (<= 1e6): evaluations in a row without improvement tolerated; "
                           "the lr drops at the next one (PyTorch ReduceLROnPlateau's meaning)")
     factor: float = Field(0.5, gt=0, lt=1, description="plateau: multiply lr by this on a plateau")
     monitor: str = Field("val/loss", description="plateau: metric to watch (mode min)")
@@ -75,19 +77,21 @@ class ScheduleConfig(Section):
 
 
 class GradConfig(Section):
-    accumulate: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    clip_norm: float | None = Field(None, gt=0, description="clip the global gradient norm to this; null disables")
-    clip_value: float | None = Field(None, gt=0, description="clamp every gradient element to +-value")
+    accumulate: int = Field(1, ge=1, le=65536, description="micro-batches per optimizer step, in [1, 65536]")
+    clip_norm: float | None = Field(None, gt=0, le=1e6, description="clip the global gradient norm to this, in "
+                                     "(0, 1e6]; null disables")
+    clip_value: float | None = Field(None, gt=0, le=1e6, description="clamp every gradient element to +-value, "
+                                      "in (0, 1e6]")
     non_finite: Literal["skip", "halt", "rollback"] = "skip"
     rollback_lr_factor: float = Field(0.5, gt=0, le=1, description="rollback: lr multiplier after a restore")
-    max_rollbacks: int = Field(3, ge=0, description="rollback: give up with ERROR after this many")
+    max_rollbacks: int = Field(3, ge=0, le=1000, description="rollback: give up with ERROR after this many")
 
 
 class CheckpointConfig(Section):
-    every_epochs: int | None = Field(1, ge=1)
-    every_steps: int | None = Field(None, ge=1)
-    keep_last: int = Field(3, ge=1)
-    keep_best: int = Field(1, ge=0)
+    every_epochs: int | None = Field(1, ge=1, le=10**6, description="in [1, 1e6]; null: not by epochs")
+    every_steps: int | None = Field(None, ge=1, le=10**12, description="in [1, 1e12]; null: not by steps")
+    keep_last: int = Field(3, ge=1, le=10**6)
+    keep_best: int = Field(1, ge=0, le=10**6)
     monitor: str | None = "val/loss"
     mode: Literal["min", "max"] = "min"
     save_last: bool = Field(True, description="save a checkpoint when the run ends")
@@ -96,15 +100,15 @@ class CheckpointConfig(Section):
 
 
 class ValidationConfig(Section):
-    every_epochs: int | None = Field(1, ge=1)
-    every_steps: int | None = Field(None, ge=1)
-    max_batches: int | None = Field(None, ge=1, description="cap on validation batches per evaluation")
-    batch_size: int | None = Field(None, ge=1, description="default: batch_size")
+    every_epochs: int | None = Field(1, ge=1, le=10**6, description="in [1, 1e6]; null: not by epochs")
+    every_steps: int | None = Field(None, ge=1, le=10**12, description="in [1, 1e12]; null: not by steps")
+    max_batches: int | None = Field(None, ge=1, le=10**12, description="cap on validation batches per evaluation")
+    batch_size: int | None = Field(None, ge=1, le=2**24, description="default: batch_size; <= 2**24")
 
 
 class LogConfig(Section):
     level: Literal["minimal", "standard", "verbose"] = "standard"
-    every_steps: int = Field(10, ge=1)
+    every_steps: int = Field(10, ge=1, le=10**12)
     sinks: list[Literal["console", "jsonl", "csv", "tensorboard", "mlflow", "wandb"]] = ["console", "jsonl", "csv"]
     progress: bool = Field(True, description="tqdm bar per epoch")
     mlflow_tracking_uri: str | None = None
@@ -113,7 +117,7 @@ class LogConfig(Section):
     wandb_mode: Literal["offline", "online", "disabled"] = Field(
         "offline", description="wandb sink: offline writes run_dir/wandb/ with no network (wandb sync uploads it)")
     memory: bool = Field(True, description="log process RSS (and CUDA peak) every log step")
-    profile_steps: int = Field(0, ge=0, description="write a torch.profiler trace of this many steps")
+    profile_steps: int = Field(0, ge=0, le=10**6, description="write a torch.profiler trace of this many steps")
 
 
 class DistributedConfig(Section):
@@ -124,9 +128,9 @@ class DistributedConfig(Section):
 class EarlyStoppingConfig(Section):
     monitor: str = "val/loss"
     mode: Literal["min", "max"] = "min"
-    patience: int = Field(5, ge=1, description="stop at this many evaluations in a row without improvement "
+    patience: int = Field(5, ge=1, le=10**6, description="stop at this many evaluations in a row without improvement "
                           "(Keras/Lightning's meaning)")
-    min_delta: float = Field(0.0, ge=0)
+    min_delta: float = Field(0.0, ge=0, le=1e12)
 
 
 class BitNetConfig(Section):
@@ -254,11 +258,12 @@ class TrainConfig(Section):
     """A whole run. Every field is documented where it is declared."""
 
     run_dir: Path = Field(Path("runs/default"), description="all outputs go here")
-    seed: int = Field(0, ge=0)
-    max_epochs: int | None = Field(10, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps; the run ends at whichever comes first")
-    batch_size: int = Field(32, ge=1)
-    num_workers: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="in [0, 2**32 - 1] (what numpy accepts)")
+    max_epochs: int | None = Field(10, ge=1, le=10**6, description="in [1, 1e6]")
+    max_steps: int | None = Field(None, ge=1, le=10**12, description="optimizer steps, in [1, 1e12]; the run ends "
+                                  "at whichever comes first")
+    batch_size: int = Field(32, ge=1, le=2**24, description="in [1, 2**24]")
+    num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes, in [0, 256]")
     shuffle: bool = True
     drop_last: bool = False
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -377,7 +382,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
     try:
         if p.suffix.lower() == ".toml":
             data = tomllib.loads(text)
@@ -435,11 +443,37 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return data
 
 
+_TYPE_TAGS = frozenset({"int", "float", "str", "bool", "none", "list", "dict", "tuple", "set"})
+
+
+def _is_branch_tag(part: Any) -> bool:
+    """A step of an error location that names a union branch or a validator, not a config key
+    (``int``, ``str``, ``DataSpec``, ``function-after[...]``): config keys are lower-case names."""
+    return isinstance(part, str) and (part in _TYPE_TAGS or part[:1].isupper() or "[" in part
+                                      or part.startswith(("function-", "constrained-")))
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if not _is_branch_tag(p))
+
+
+def _union_branch_noise(err: dict, errors: list[dict]) -> bool:
+    """For a field that is a union (``data: str | DataSpec``, ``output: int | str``), the error of a
+    branch the value plainly is not (a str expected) when another branch says what is really wrong."""
+    if not err["type"].endswith("_type"):
+        return False
+    path = _field_path(err["loc"])
+    return any(o is not err and not o["type"].endswith("_type") and _field_path(o["loc"]).startswith(path)
+               for o in errors)
+
+
 def format_validation_error(e: ValidationError) -> str:
     lines = []
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
-        loc = loc or "config"
+    errors = e.errors()
+    for err in errors:
+        if _union_branch_noise(err, errors):
+            continue
+        loc = _field_path(err["loc"]) or "config"
         if err["type"] == "extra_forbidden":
             section = ".".join(str(p) for p in err["loc"][:-1])
             known = _known_keys(section)

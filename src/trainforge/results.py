@@ -14,8 +14,8 @@ from .metrics import json_safe
 class Preempted(SystemExit):
     """Raised by ``fit`` after a SIGTERM/SIGINT checkpoint: exit code 75, resume continues the run."""
 
-    def __init__(self, message: str):
-        super().__init__(75)
+    def __init__(self, message: str, code: int = 75):
+        super().__init__(code)  # 1 when no checkpoint could be written (checkpointing disabled)
         self.message = message
         self.printed = False  # fit prints it on stderr before raising
 

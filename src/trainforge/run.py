@@ -89,7 +89,10 @@ def _takes_seed(ref: str) -> bool:
 
 
 def run_config(cfg: TrainConfig, *, resume: bool = False, callbacks: list[Callback] = (), report: bool = True,
-               quiet: bool = False) -> FitResult:
+               quiet: bool = False, allow_data_change: bool = False) -> FitResult:
+    run_dir = Path(cfg.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():  # before building anything
+        raise ConfigError(f"field `run_dir`: {run_dir} exists and is not a directory; name a directory")
     parts = build_parts(cfg)
     if not quiet:
         if cfg.bitnet is not None:
@@ -99,9 +102,10 @@ def run_config(cfg: TrainConfig, *, resume: bool = False, callbacks: list[Callba
         print(f"trainforge: {name}{' · ' + info if info else ''} · run dir {cfg.run_dir}", file=sys.stderr)
     trainer = Trainer(parts.model, cfg, task=parts.task, callbacks=list(callbacks), evaluators=parts.evaluators)
     try:
-        result = trainer.fit(parts.train_data, parts.val_data, resume_from="latest" if resume else None)
+        result = trainer.fit(parts.train_data, parts.val_data, resume_from="latest" if resume else None,
+                             allow_data_change=allow_data_change)
     finally:
-        if report:
+        if report and trainer.opened:  # a refused or locked-out run leaves the run dir as it was
             write_report_quietly(Path(cfg.run_dir))
     return result
 

@@ -9,6 +9,7 @@ identity (model signature, optimizer type, task) to JSON.
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint
+from .data.fingerprint import changes as data_changes
 from .gradients import NonFiniteError, total_norm
 from .state import Phase, TrainState
 
@@ -47,6 +49,21 @@ def build_payload(state: TrainState, identity: dict[str, Any]) -> dict[str, Any]
     model_state = tensors.pop("model")
     meta = {"format": FORMAT, "state": saved["state"], "model_signature": signature(model_state), **identity}
     return {"model": model_state, "tensors": tensors, "meta": meta}
+
+
+def foreign(payload: dict[str, Any]) -> str | None:
+    """Why a loadable checkpoint is not one a run can resume from (None: it is). A checkpoint
+    written through ``CheckpointManager.save`` by other code has a meta of its own choosing."""
+    meta = payload.get("meta")
+    if not isinstance(meta, dict):
+        return "its meta is not a mapping"
+    if meta.get("format") not in (1, FORMAT):
+        return (f"not a checkpoint of a trainforge run (payload format {meta.get('format')!r}; this trainforge "
+                f"resumes formats 1 and {FORMAT})")
+    missing = [k for k in ("model_signature", "optimizer", "config", "state") if k not in meta]
+    if missing:
+        return f"not a checkpoint of a trainforge run: its meta lacks {', '.join(missing)}"
+    return None
 
 
 def upgrade(payload: dict[str, Any]) -> dict[str, Any]:
@@ -136,12 +153,13 @@ def save(trainer: "Trainer", name: str | None = None, *, pinned: bool = False) -
 
 
 
-def resume_run(trainer: "Trainer", resume_from: str | Path) -> bool:
+def resume_run(trainer: "Trainer", resume_from: str | Path, *, allow_data_change: bool = False) -> bool:
     """Load a checkpoint into ``trainer`` (phase RESTORING). True when that run had already finished
     (a gate, an early stop, its budget), so there is nothing to do; a budget that was raised goes on.
-    ``"latest"`` with no checkpoint starts fresh, saying so."""
+    ``"latest"`` with no checkpoint starts fresh, saying so; a foreign checkpoint in the run is
+    skipped with a warning naming it. Every check runs before the state is touched."""
     if str(resume_from) == "latest":
-        found = trainer.checkpoints.load_latest() if trainer.checkpoints is not None else None
+        found = trainer.checkpoints.load_latest(accept=foreign) if trainer.checkpoints is not None else None
         if found is None:
             print(f"trainforge: no checkpoint in {Path(trainer.cfg.run_dir) / 'checkpoints'}; starting fresh",
                   file=sys.stderr)
@@ -152,8 +170,15 @@ def resume_run(trainer: "Trainer", resume_from: str | Path) -> bool:
         if not path.exists():
             raise CheckpointError(f"checkpoint {path} does not exist")
         payload = load_checkpoint(path)
+        problem = foreign(payload)
+        if problem:
+            raise ResumeError(f"cannot resume from {path}: {problem}")
     payload = upgrade(payload)
     check(trainer.identity(), trainer.model.state_dict(), payload["meta"])
+    earlier = recorded_data_changes(Path(trainer.cfg.run_dir))  # kept across later resumes
+    check_data(trainer, path, payload["meta"].get("data_fingerprint"), allow_data_change, payload["meta"].get("state"))
+    if earlier:
+        trainer.result_extra["data_changes"] = earlier + trainer.result_extra.get("data_changes", [])
     trainer.lifecycle.to(Phase.RESTORING)
     restore_payload(trainer.state, payload)
     c = trainer.state.counters
@@ -170,13 +195,39 @@ def resume_run(trainer: "Trainer", resume_from: str | Path) -> bool:
     return True
 
 
+def recorded_data_changes(run_dir: Path) -> list:
+    """The data changes an earlier resume allowed, as result.json recorded them."""
+    try:
+        changes = json.loads((run_dir / "result.json").read_text(encoding="utf-8")).get("data_changes")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return list(changes) if isinstance(changes, list) else []
+
+
+def check_data(trainer: "Trainer", path: Path, saved: dict | None, allow: bool, saved_state: dict | None = None) -> None:
+    """Refuse a resume on training data that changed since the checkpoint (a resumed epoch would
+    read other samples, some twice, some never), unless allowed; an allowed change is recorded."""
+    changed = data_changes(saved, trainer.data_fingerprint)
+    if not changed:
+        return
+    lines = "\n  - ".join(changed)
+    if not allow:
+        raise ResumeError(f"cannot resume: the training data changed since checkpoint {path}:\n  - {lines}\n"
+                          "The resumed epoch would read other samples than the interrupted one. Put the data back, "
+                          "or continue on the new data with `trainforge resume RUN_DIR --allow-data-change` "
+                          "(fit(..., allow_data_change=True)); the change is recorded in result.json")
+    print(f"trainforge: resuming on changed training data (allowed):\n  - {lines}", file=sys.stderr)
+    step = ((saved_state or {}).get("counters") or {}).get("step")
+    trainer.result_extra.setdefault("data_changes", []).append({"checkpoint": str(path), "step": step, "changes": changed})
+
+
 def rollback(trainer: "Trainer", message: str, bad_batches: set[tuple[int, int]]) -> None:
     """Restore the last good checkpoint, scale the lr down, skip the offending batches from now on."""
     g = trainer.cfg.grad
     rollbacks = trainer.state.counters.rollbacks + 1
     if rollbacks > g.max_rollbacks:
         raise NonFiniteError(f"{message}: gave up after {g.max_rollbacks} rollbacks")
-    found = trainer.checkpoints.load_latest() if trainer.checkpoints is not None else None
+    found = trainer.checkpoints.load_latest(accept=foreign) if trainer.checkpoints is not None else None
     if found is None:
         raise NonFiniteError(f"{message}: no checkpoint to roll back to")
     info, payload = found
@@ -190,3 +241,35 @@ def rollback(trainer: "Trainer", message: str, bad_batches: set[tuple[int, int]]
     trainer.apply_lr()
     warnings.warn(f"{message}: rolled back to {info.name} (step {info.step}), lr x{g.rollback_lr_factor}, "
                   f"skipping {len(bad_batches)} batch(es); rollback {rollbacks}/{g.max_rollbacks}", stacklevel=4)
+
+
+# --------------------------------------------------------------------------- saves that fail
+MAX_FAILED_SAVES = 3  # periodic saves in a row that may fail (each retried at the next boundary)
+
+
+def settle_saves(trainer: "Trainer", periodic: bool) -> None:
+    """Wait for a pending async save; its failure is handled as that save's own."""
+    try:
+        pending = trainer.checkpoints is not None and trainer.checkpoints.pending
+        if trainer.checkpoints is not None:
+            trainer.checkpoints.wait()
+        if pending:
+            trainer.failed_saves = 0
+    except CheckpointWriteError as e:
+        save_failed(trainer, e, periodic)
+
+
+def save_failed(trainer: "Trainer", e: CheckpointWriteError, periodic: bool) -> None:
+    """Point at what is really on disk; a periodic failure warns (the next boundary retries), any
+    other, or the ``MAX_FAILED_SAVES``-th periodic one in a row, raises."""
+    trainer.last_checkpoint = str(e.last_valid) if e.last_valid else None
+    trainer.last_checkpoint_step = None
+    trainer.failed_saves += 1
+    if not periodic or trainer.failed_saves >= MAX_FAILED_SAVES:
+        if periodic:
+            raise CheckpointWriteError(f"{e} ({trainer.failed_saves} checkpoint saves in a row failed: stopping "
+                                       "rather than training on without checkpoints)", path=e.path,
+                                       detail=e.detail, last_valid=e.last_valid) from e
+        raise e
+    warnings.warn(f"CHECKPOINT NOT SAVED ({trainer.failed_saves}/{MAX_FAILED_SAVES}): {e}; training goes on "
+                  "and the next checkpoint boundary retries", stacklevel=4)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.errors import DataError
 from .importing import import_object  # re-exported: run.py resolves model: and data: references with it
 from .losses import InfoNCE, Loss, PartsMeter
 
@@ -30,19 +31,38 @@ class StepOutput:
     parts: dict[str, torch.Tensor] = field(default_factory=dict)  # named loss terms (detached), logged as loss/<name>
 
 
+TEXT_FIX = ("the built-in tasks train on tensors: tokenize text before it reaches them (a `data: module:callable` "
+            "returning token tensors, or a dataset whose items are tensors), or name a task 'module:callable' "
+            "that takes the text batch")
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and bool(value) and isinstance(value[0], str)
+
+
 def split_batch(batch: Any) -> tuple[Any, Any]:
-    """(inputs, targets) from a tuple/list of two, or a dict with x/y, input/target or inputs/labels keys."""
+    """(inputs, targets) from a tuple/list of two, or a dict with x/y, input/target or inputs/labels keys.
+    Text (a list of strings) is refused with what to do about it."""
+    pair = None
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
-    if isinstance(batch, dict):
+        pair = (("inputs", batch[0]), ("targets", batch[1]))
+    elif isinstance(batch, dict):
         for xk, yk in (("x", "y"), ("input", "target"), ("inputs", "targets"), ("input", "label"), ("inputs", "labels"),
                        ("input_ids", "labels"), ("input_ids", "label")):
             if xk in batch and yk in batch:
-                return batch[xk], batch[yk]
-    raise ValueError(
+                pair = ((xk, batch[xk]), (yk, batch[yk]))
+                break
+    if pair is not None:
+        for name, value in pair:
+            if _is_text(value):
+                raise DataError(f"batch field {name!r} holds text ({value[0]!r}, ...): {TEXT_FIX}")
+        return pair[0][1], pair[1][1]
+    text = [k for k, v in batch.items() if _is_text(v)] if isinstance(batch, dict) else []
+    raise DataError(
         "expected a batch of (inputs, targets) or a dict with keys x/y (or input/target, inputs/labels, "
         "input_ids/labels); "
         f"got {type(batch).__name__}" + (f" with keys {sorted(batch)}" if isinstance(batch, dict) else "")
+        + (f"; field(s) {text} hold text: {TEXT_FIX}" if text else "")
     )
 
 
@@ -75,9 +95,13 @@ def _takes_attention_mask(model: nn.Module) -> bool:
 
 
 def batch_size_of(batch: Any) -> int:
+    """Samples in a batch: the leading size of its first tensor, or the length of its first column
+    of text or numbers (a list of strings is a batch of strings, not an empty batch)."""
     if isinstance(batch, torch.Tensor):
         return batch.shape[0] if batch.dim() else 1
     if isinstance(batch, (tuple, list)) and batch:
+        if isinstance(batch[0], (str, bytes, int, float)):
+            return len(batch)
         return batch_size_of(batch[0])
     if isinstance(batch, dict) and batch:
         return batch_size_of(next(iter(batch.values())))

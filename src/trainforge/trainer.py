@@ -22,11 +22,13 @@ from .callbacks import default_callbacks
 from .callbacks.cadence import is_due
 from .callbacks.logging import RunLogger, build_sinks
 from .callbacks.progress import ProgressBar
-from .checkpoint import CheckpointManager
-from .config import TrainConfig
+from .checkpoint import CheckpointError, CheckpointManager, CheckpointWriteError
+from .config import ConfigError, TrainConfig
 from .controls import Controls, PreemptRequested
+from .data.errors import DataError
+from .data.fingerprint import fingerprint
 from .data.loader import epoch_iterator, loader_for
-from .data.spec import fit_data
+from .data.spec import data_files, fit_data
 from .devices import autocast_factory, resolve_device, to_device
 from .events import Callback, CallbackList, Event, SkipBatch, overrides
 from .evaluation import Interrupted, evaluate
@@ -38,6 +40,7 @@ from .optim import build_optimizer, build_schedule
 from .optim.schedules import schedule_horizon
 from .sanity import sanity_pass
 from .summary import format_summary
+from .runlock import RunLock
 from .state import Lifecycle, Phase, RngState, TrainState, seed_everything
 from .tasks import Task, batch_size_of, make_task
 from .telemetry import RollBackRequest, Telemetry
@@ -86,6 +89,11 @@ class Trainer:
         self.logger = RunLogger([])
         self.telemetry = Telemetry(self.cfg.grad.non_finite, self.scaler.is_enabled())
         self.controls = Controls(self.lifecycle)
+        self.data_fingerprint: dict[str, Any] | None = None
+        self.failed_saves = 0  # periodic saves in a row that failed (the next boundary retries)
+        self._lock: RunLock | None = None
+        self._opened = self._finished = False
+        self._skip_reasons: dict[str, int] = {}
         for cb in callbacks:
             self.add_callback(cb)
 
@@ -93,6 +101,11 @@ class Trainer:
     @property
     def phase(self) -> Phase:
         return self.lifecycle.phase
+
+    @property
+    def opened(self) -> bool:
+        """The last fit passed its checks and wrote into the run directory."""
+        return self._opened
 
     @property
     def lr(self) -> float:
@@ -142,37 +155,56 @@ class Trainer:
             self.state.unregister(f"callback/{callback.state_key}")
 
     # ------------------------------------------------------------------ fit
-    def fit(self, train_data: Any = None, val_data: Any = None, *, resume_from: str | Path | None = None) -> FitResult:
+    def fit(self, train_data: Any = None, val_data: Any = None, *, resume_from: str | Path | None = None,
+            allow_data_change: bool = False) -> FitResult:
         """Train. ``train_data`` may also be a data spec ``{"path": ..., "format": ..., ...}`` (its
-        validation part is used when ``val_data`` is None), or None to use the config's ``data`` spec."""
+        validation part is used when ``val_data`` is None), or None to use the config's ``data`` spec.
+
+        Every check (config, data, the checkpoint's fit) runs before the first byte is written into
+        the run directory, under its lock. A resume on training data that changed since the
+        checkpoint is refused unless ``allow_data_change`` (then result.json records the change)."""
         self.lifecycle.to(Phase.INITIALIZING)
         self.controls.reset()
+        self._opened = self._finished = False
+        preempted = False
         try:
+            files = data_files(train_data, self.cfg)
             train_data, val_data = fit_data(train_data, val_data, self.cfg)
             self._setup_run(train_data, val_data)
-            if resume_from is not None and snapshot.resume_run(self, resume_from):
+            self.data_fingerprint = fingerprint(train_data, files)
+            self._lock_run_dir()
+            if resume_from is not None and snapshot.resume_run(self, resume_from, allow_data_change=allow_data_change):
                 return self._already_finished()
             if resume_from is None and self.checkpoints is not None and self.checkpoints.list(deep=False):
                 warnings.warn(f"starting a fresh run in {self.cfg.run_dir}, which holds checkpoints of an earlier "
                               "run: resume_from='latest' would continue it instead", stacklevel=2)
             if self.cfg.sanity_check:
                 sanity_pass(self)
+            self._open_run()
             self.lifecycle.to(Phase.RUNNING)
-            with signals.handlers(self):
-                self._fire(Event.TRAIN_START)
-                self._train()
+            with signals.handlers(self):  # kept through the preemption checkpoint: a second signal is noted
+                try:
+                    self._fire(Event.TRAIN_START)
+                    self._train()
+                except PreemptRequested:
+                    preempted = True
+                    self._save_on_preemption()
             self._finish(Phase.COMPLETED)
-        except PreemptRequested:
-            self._save_on_preemption()
-            self._finish(Phase.COMPLETED)
-            preempted = Preempted(self._preemption_message())
-            print(preempted.message, file=sys.stderr)  # from Python as from the CLI: how to go on
-            preempted.printed = True
-            raise preempted from None
         except BaseException as exc:
-            self.state.stopped_reason = f"error: {type(exc).__name__}: {exc}"
-            self._finish(Phase.ERROR, exc)
+            if not self._finished:
+                self.state.stopped_reason = f"error: {type(exc).__name__}: {exc}"
+                self._finish(Phase.ERROR, exc)
             raise
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+        if preempted:
+            saved = self.checkpoints is not None and self.last_checkpoint_step == self.state.counters.step
+            preempted_exit = Preempted(self._preemption_message(saved), 75 if saved else 1)
+            print(preempted_exit.message, file=sys.stderr)  # from Python as from the CLI: how to go on
+            preempted_exit.printed = True
+            raise preempted_exit
         return self._result()
 
     def _train(self) -> None:
@@ -181,9 +213,13 @@ class Trainer:
                 if self.state.pending_validation:
                     self.record_validation(mid_epoch=True)
                 while self.controls.stop_reason is None and not self.budget_reached():
-                    if self._run_epoch() == 0 and self.batches_per_epoch == 0:
+                    step, epoch = self.state.counters.step, self.state.counters.epoch
+                    consumed = self._run_epoch()
+                    if consumed == 0 and self.batches_per_epoch == 0:
                         warnings.warn("training data is empty: nothing to train on", stacklevel=3)
                         self.controls.stop_reason = "training data is empty"
+                    elif consumed > 0 and self.state.counters.step == step and self.controls.stop_reason is None:
+                        self._trained_nothing(epoch, consumed)
                 self.log_interval()
                 break
             except RollBackRequest as rb:  # the one place a non-finite step under `rollback` is handled
@@ -194,6 +230,11 @@ class Trainer:
             self.record_validation(mid_epoch=True)  # the result holds final validation values
         if self.checkpoints is not None and (self.cfg.checkpoint.save_last or self.controls.pin_final):
             self.save_checkpoint(pinned=self.controls.pin_final)
+
+    def _trained_nothing(self, epoch: int, consumed: int) -> None:
+        """An epoch whose every batch was skipped is an error, not a finish (nothing was trained)."""
+        why = "; ".join(f"{n} {reason}" for reason, n in self._skip_reasons.items()) or "no optimizer step was made"
+        raise DataError(f"epoch {epoch + 1}: all {consumed} batch(es) were skipped, so nothing was trained ({why})")
 
     def _run_epoch(self) -> int:
         """Optimizer steps until the epoch's batches run out or a boundary ends the run. Returns the
@@ -210,22 +251,28 @@ class Trainer:
             self.controls.at_boundary()
             if self.controls.stop_reason is not None or self.budget_reached():
                 return c.batch_in_epoch - start
+        consumed = c.batch_in_epoch - start  # _end_epoch starts the next epoch's count
         self._end_epoch()
-        return c.batch_in_epoch - start
+        return consumed
 
     def _epoch_batches(self) -> Iterator[Any]:
         """The epoch's batches from the resume position on, less those a rollback excluded and empty ones."""
         c = self.state.counters
         batches = epoch_iterator(self.train_loader, self.cfg.seed, c.epoch, c.batch_in_epoch)
+        self._skip_reasons: dict[str, int] = {}
         waited = time.perf_counter()
         for batch in batches:
             self.telemetry.meter.data_wait += time.perf_counter() - waited
             index = c.batch_in_epoch
             c.batch_in_epoch += 1
-            if (c.epoch, index) in self.state.skip_batches or batch_size_of(batch) == 0:
+            excluded = (c.epoch, index) in self.state.skip_batches
+            if excluded or batch_size_of(batch) == 0:
                 c.skipped_batches += 1
-                if batch_size_of(batch) == 0:
-                    warnings.warn(f"empty batch {index} in epoch {c.epoch + 1} skipped", stacklevel=2)
+                reason = "excluded by a rollback" if excluded else "empty (the batch has no tensor field)"
+                self._skip_reasons[reason] = self._skip_reasons.get(reason, 0) + 1
+                if not excluded:
+                    warnings.warn(f"empty batch {index} in epoch {c.epoch + 1} skipped: it has no tensor field",
+                                  stacklevel=2)
             else:
                 yield batch if self.device.type == "cpu" else to_device(batch, self.device)
             waited = time.perf_counter()
@@ -245,6 +292,8 @@ class Trainer:
                 self._fire(Event.BATCH_START)
             except SkipBatch:
                 c.skipped_batches += 1
+                self._skip_reasons["skipped by a callback (SkipBatch)"] = (
+                    self._skip_reasons.get("skipped by a callback (SkipBatch)", 0) + 1)
                 end_pending = False
                 continue
             with self.autocast():
@@ -351,12 +400,20 @@ class Trainer:
         c.batch_in_epoch = 0
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, name: str | None = None, *, pinned: bool = False) -> str | None:
-        """Write the whole TrainState now (between steps). Returns the checkpoint path, or None when the
-        weights are not finite (nothing written; the previous checkpoint stays latest)."""
+    def save_checkpoint(self, name: str | None = None, *, pinned: bool = False, periodic: bool = False) -> str | None:
+        """Write the whole TrainState now (between steps). Returns the checkpoint path, or None when
+        nothing was written (non-finite weights; a failed ``periodic`` save, retried at the next
+        boundary). A save that fails otherwise raises ``CheckpointWriteError`` naming the cause and the
+        last valid checkpoint (``snapshot.save_failed``)."""
         started = time.perf_counter()
         try:
+            snapshot.settle_saves(self, periodic=True)  # an earlier async save was periodic: the final one is last
             path = snapshot.save(self, name, pinned=pinned)
+            if path is not None and not self.checkpoints.async_save:
+                self.failed_saves = 0
+        except CheckpointWriteError as e:
+            snapshot.save_failed(self, e, periodic)
+            return None
         finally:
             self.telemetry.meter.excluded += time.perf_counter() - started  # not training time
         if path is not None:
@@ -364,36 +421,52 @@ class Trainer:
         return path
 
     def identity(self) -> dict[str, Any]:
-        """What a checkpoint must match to resume this run (with the model's signature)."""
-        return {"config": self.cfg.to_dict(), "optimizer": type(self.optimizer).__name__, "task": self.task.name}
+        """What a checkpoint must match to resume this run (with the model's signature and, checked
+        apart, the training data's fingerprint)."""
+        return {"config": self.cfg.to_dict(), "optimizer": type(self.optimizer).__name__, "task": self.task.name,
+                "data_fingerprint": self.data_fingerprint}
 
     def _save_on_preemption(self) -> None:
-        """The SIGTERM/SIGINT checkpoint, of the state at the last step boundary."""
+        """The SIGTERM/SIGINT checkpoint, of the state at the last step boundary. A failure raises
+        (the run is not reported as preempted with a checkpoint)."""
         self.state.stopped_reason = "preempted"
-        if self.checkpoints is not None:
-            self.checkpoints.wait()
+        if self.checkpoints is None:
+            return
+        c = self.state.counters
+        try:
             self.save_checkpoint()
-            self.checkpoints.wait()
+            snapshot.settle_saves(self, periodic=False)
+        except CheckpointWriteError as e:
+            raise CheckpointWriteError(f"preempted by {self.controls.preempt_signal} at step {c.step}, but the "
+                                       f"checkpoint was NOT saved: {e}", path=e.path, detail=e.detail,
+                                       last_valid=e.last_valid) from e
 
     def _already_finished(self) -> FitResult:
         print(f"trainforge: run in {self.cfg.run_dir} already finished ({self.state.stopped_reason}); "
               "nothing to do", file=sys.stderr)
         self.lifecycle.to(Phase.RUNNING)
         self.lifecycle.to(Phase.COMPLETED)
-        self.logger.close()
         if not (Path(self.cfg.run_dir) / "result.json").exists():
             self._write_result()
         return self._result()
 
-    def _preemption_message(self) -> str:
+    def _preemption_message(self, saved: bool) -> str:
         c = self.state.counters
-        return (f"trainforge: preempted by {self.controls.preempt_signal} at step {c.step} (epoch {c.epoch + 1}); "
-                f"checkpoint saved. Resume with: trainforge resume {self.cfg.run_dir}")
+        head = f"trainforge: preempted by {self.controls.preempt_signal} at step {c.step} (epoch {c.epoch + 1}); "
+        if saved:
+            return head + f"checkpoint saved: {self.last_checkpoint}. Resume with: trainforge resume {self.cfg.run_dir}"
+        if self.checkpoints is None:
+            return head + ("no checkpoint: checkpointing is disabled (checkpoint.enabled: false), so the "
+                           f"{c.step} step(s) trained are lost; a resume starts over")
+        return head + "no checkpoint was written (the weights were not finite); the last valid one is " + \
+            f"{self.last_checkpoint or 'none'}"
 
     # ------------------------------------------------------------------ setup and teardown
     def _setup_run(self, train_data: Any, val_data: Any) -> None:
+        """Everything a run needs in memory; writes nothing (a refused resume must leave the run dir as it was)."""
         cfg, run_dir = self.cfg, Path(self.cfg.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"field `run_dir`: {run_dir} exists and is not a directory; name a directory")
         seed_everything(cfg.seed)
         self.train_loader = loader_for(train_data, cfg, train=True)
         self.val_loader = loader_for(val_data, cfg, train=False) if val_data is not None else None
@@ -410,35 +483,70 @@ class Trainer:
                 self.add_callback(cb, first=True)  # defaults go first
         if cfg.checkpoint.enabled:
             ck = cfg.checkpoint
+            if (run_dir / "checkpoints").exists() and not (run_dir / "checkpoints").is_dir():
+                raise CheckpointError(f"{run_dir / 'checkpoints'} is a file, not a directory of checkpoints; "
+                                      "move it away")
             self.checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=ck.keep_last, keep_best=ck.keep_best,
                                                  monitor=ck.monitor, mode=ck.mode, async_save=ck.async_save)
-        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-        summary = format_summary(self.model)
-        atomic_write_text(run_dir / "model_summary.txt", summary + "\n")
-        if "console" in cfg.log.sinks:
-            print(summary, file=sys.stderr)
         progress = [cb for cb in self.callbacks if isinstance(cb, ProgressBar)]
         self.logger = RunLogger(build_sinks(cfg, progress), cfg.log.level)
-        self.logger.open(run_dir, cfg.to_dict())
         self.apply_lr()
+
+    def _lock_run_dir(self) -> None:
+        """Take the run directory's lock (creating the directory for a new run) before any check
+        that reads it: a second process into the same run dir is turned away naming this one."""
+        run_dir = Path(self.cfg.run_dir)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ConfigError(f"field `run_dir`: {run_dir} (or a parent) is a file; name a directory") from None
+        self._lock = RunLock(run_dir)
+        self._lock.acquire()
+
+    def _open_run(self) -> None:
+        """The checks passed: from here on the run directory is written (config, logs, result)."""
+        run_dir = Path(self.cfg.run_dir)
+        self._opened = True
+        if self._lock is not None:
+            self._lock.record()
+        atomic_write_text(run_dir / "config.yaml", self.cfg.to_yaml())
+        summary = format_summary(self.model)
+        atomic_write_text(run_dir / "model_summary.txt", summary + "\n")
+        if "console" in self.cfg.log.sinks:
+            print(summary, file=sys.stderr)
+        self.logger.open(run_dir, self.cfg.to_dict())
 
     def budget_reached(self) -> bool:
         """True once ``max_steps`` or ``max_epochs`` is used up."""
         return self.state.counters.budget_reason(self.cfg.max_steps, self.cfg.max_epochs) is not None
 
     def _finish(self, phase: Phase, exc: BaseException | None = None) -> None:
+        """End the run: events, the pending save (a failure of it is the run's failure: it is the
+        final or the preemption checkpoint), phase, result.json. Nothing is written into a run
+        directory that was never opened (a refused resume, a locked run dir)."""
+        self._finished = True
         if exc is not None:
             self._fire_safely(Event.ERROR)
         self._fire_safely(Event.TRAIN_END)
+        failed_save = None
         if self.checkpoints is not None:
             try:
                 self.checkpoints.wait()
-            except Exception as e:  # a failed async save must not hide the run's own outcome
-                warnings.warn(f"pending checkpoint failed: {e}", stacklevel=2)
+            except CheckpointWriteError as e:
+                self.last_checkpoint, self.last_checkpoint_step = (str(e.last_valid) if e.last_valid else None), None
+                if exc is None:
+                    failed_save = exc = e
+                    phase = Phase.ERROR
+                    self.state.stopped_reason = f"error: {type(e).__name__}: {e}"
+                else:  # the run's own error comes first; this one is said too
+                    warnings.warn(f"the pending checkpoint failed as well: {e}", stacklevel=2)
         if self.phase != phase:
             self.lifecycle.to(phase)
-        self._write_result(error=exc)
-        self.logger.close(failed=exc is not None)
+        if self._opened:
+            self._write_result(error=exc)
+            self.logger.close(failed=exc is not None)
+        if failed_save is not None:
+            raise failed_save
 
     # ------------------------------------------------------------------ control, events, logging
     def _fire(self, event: Event) -> None:

@@ -37,7 +37,7 @@ class Cadence(Callback):
         if trainer.has_validation and is_due(cfg.validation.every_steps, c.step) and c.last_val_step != c.step:
             trainer.record_validation(mid_epoch=True)
         if trainer.checkpoints is not None and is_due(cfg.checkpoint.every_steps, c.step):
-            trainer.save_checkpoint()
+            trainer.save_checkpoint(periodic=True)
 
     def on_epoch_start(self, trainer: "Trainer") -> None:
         # The boundary after epoch k is the start of epoch k+1 before any batch: the counters have
@@ -46,4 +46,4 @@ class Cadence(Callback):
         c = trainer.state.counters
         if (trainer.checkpoints is not None and c.batch_in_epoch == 0 and trainer.last_checkpoint_step != c.step
                 and is_due(trainer.cfg.checkpoint.every_epochs, c.epoch)):
-            trainer.save_checkpoint()
+            trainer.save_checkpoint(periodic=True)

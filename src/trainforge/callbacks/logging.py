@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -73,6 +74,11 @@ class JsonlSink:
 
     def close(self) -> None:
         if getattr(self, "_fh", None):
+            self._fh.flush()
+            try:
+                os.fsync(self._fh.fileno())  # durable like the checkpoints it goes with
+            except OSError:
+                pass
             self._fh.close()
             self._fh = None
 

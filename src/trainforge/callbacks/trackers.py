@@ -107,6 +107,11 @@ class CsvSink:
 
     def close(self) -> None:
         if self._file is not None:
+            self._file.flush()
+            try:
+                os.fsync(self._file.fileno())  # durable like the run's other state files
+            except OSError:
+                pass
             self._file.close()
             self._file = None
 

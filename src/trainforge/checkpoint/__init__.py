@@ -27,7 +27,7 @@ The parts, each owning one thing:
 """
 
 from .codec import load_checkpoint
-from .layout import CheckpointError, CheckpointInfo
+from .layout import CheckpointError, CheckpointInfo, CheckpointWriteError
 from .manager import CheckpointManager
 from .retention import select_retained
 from .table import format_checkpoint_table
@@ -35,6 +35,7 @@ from .table import format_checkpoint_table
 __all__ = [
     "CheckpointError",
     "CheckpointInfo",
+    "CheckpointWriteError",
     "CheckpointManager",
     "format_checkpoint_table",
     "load_checkpoint",

@@ -154,6 +154,18 @@ class Job:
     manifest: dict
     model_info: dict
     events: list = field(default_factory=list)
+    nbytes: int = 0  # about what the files take on disk: what a full disk is told it lacks
+
+
+def payload_bytes(obj: Any) -> int:
+    """The bytes of every tensor in a (nested) payload part, plus a little for each other leaf."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(payload_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(payload_bytes(v) for v in obj)
+    return 16
 
 
 def write_files(tmp: Path, job: Job) -> None:

@@ -39,6 +39,16 @@ class CheckpointError(RuntimeError):
         self.detail = detail or message
 
 
+class CheckpointWriteError(CheckpointError):
+    """A save that did not happen (disk full, permissions, an I/O error). ``last_valid`` is the
+    newest checkpoint that is still whole (None: there is none), which the message names too."""
+
+    def __init__(self, message: str, *, path: Path | str | None = None, detail: str | None = None,
+                 last_valid: Path | str | None = None):
+        super().__init__(message, path=path, detail=detail)
+        self.last_valid = Path(last_valid) if last_valid is not None else None
+
+
 def error(path: Path | str, detail: str) -> CheckpointError:
     """A CheckpointError whose message names the checkpoint ``path``."""
     return CheckpointError(f"checkpoint {path}: {detail}", path=path, detail=detail)

@@ -7,6 +7,7 @@ write: ``staging``), writes it (``codec.write_files`` into a ``store`` temp dire
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import threading
@@ -16,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from .codec import (Job, check_json_tree, check_tensor_tree, clean_metrics, load_checkpoint, model_container_info,
-                    split_aliases, write_files)
-from .layout import (FORMAT, META_FILE, NAME, PINS_FILE, VERSION, CheckpointError, CheckpointInfo, error,
-                     json_bytes)
+                    payload_bytes, split_aliases, write_files)
+from .layout import (FORMAT, META_FILE, NAME, PINS_FILE, VERSION, CheckpointError, CheckpointInfo,
+                     CheckpointWriteError, error, json_bytes)
 from .manifest import read_manifest
 from .manifest import verify as verify_files
 from .retention import is_number, read_pins, select_retained, write_pins
@@ -101,7 +102,8 @@ class CheckpointManager:
         state_json = json_bytes({"format": FORMAT, "version": VERSION, **record, "meta": payload["meta"]})
         manifest = {"format": FORMAT, "version": VERSION, "name": name, **record, "created": time.time()}
         model_info = model_container_info(payload["model"])
-        return Job(name, final, unique, aliases, keys, tensors, state_json, manifest, model_info, events)
+        nbytes = payload_bytes(payload["model"]) + payload_bytes(payload["tensors"]) + len(state_json) + 4096
+        return Job(name, final, unique, aliases, keys, tensors, state_json, manifest, model_info, events, nbytes)
 
     def _run(self, job: Job) -> None:
         try:
@@ -112,10 +114,10 @@ class CheckpointManager:
     def _commit(self, job: Job) -> None:
         for ev in job.events:
             ev.synchronize()
-        self._store.ensure()
-        self._store.clean_leftovers()
         tmp = self._store.tmp_dir(job.name)
         try:
+            self._store.ensure()
+            self._store.clean_leftovers()
             tmp.mkdir()
             write_files(tmp, job)
             self._store.install(tmp, job.final)
@@ -123,8 +125,37 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(e, CheckpointError):
                 raise
-            raise error(job.final, f"could not be written: {type(e).__name__}: {e}") from e
+            raise self._write_error(job, e) from e
         self._retain(protect=job.name)
+
+    def _write_error(self, job: Job, e: BaseException) -> CheckpointWriteError:
+        """The failure in plain words, with the newest checkpoint that is still whole.
+
+        A full disk shows up as ENOSPC/EDQUOT, or, from inside torch.save, as
+        ``[enforce fail at inline_container.cc] unexpected pos``: both are named from the free space."""
+        free = _free_bytes(self.directory)
+        no_space = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (
+            free is not None and free < job.nbytes)
+        if no_space:
+            cause = f"no space left on device: {_size(job.nbytes)} needed in {self.directory}"
+            if free is not None:
+                cause += f" ({_size(free)} free)"
+        else:
+            cause = f"could not be written: {type(e).__name__}: {e}"
+        last = self._last_valid()
+        where = f"the last valid checkpoint is {last}" if last else "there is no valid checkpoint yet"
+        return CheckpointWriteError(f"checkpoint {job.final}: {cause}; {where}", path=job.final,
+                                    detail=cause, last_valid=last)
+
+    def _last_valid(self) -> Path | None:
+        """The newest checkpoint whose files are all present with their manifest sizes (no hashing)."""
+        try:
+            for info in reversed(self.list(deep=False)):
+                if info.valid:
+                    return info.path
+        except (OSError, CheckpointError):
+            pass
+        return None
 
     def _retain(self, protect: str) -> None:
         """Delete what the retention rules do not keep. Never deletes ``protect`` or a pinned one;
@@ -143,6 +174,11 @@ class CheckpointManager:
                 self._store.delete(info.path)
 
     # -- waiting
+    @property
+    def pending(self) -> bool:
+        """An async save is in flight (or finished and not yet waited for)."""
+        return self._thread is not None
+
     def wait(self) -> None:
         """Block until the pending async save has finished; re-raise its error, if any."""
         with self._lock:
@@ -155,7 +191,7 @@ class CheckpointManager:
                 return
             if isinstance(err, CheckpointError):
                 raise err
-            raise error(job.final, f"async save failed: {type(err).__name__}: {err}") from err
+            raise self._write_error(job, err) from err
 
     def close(self) -> None:
         self.wait()
@@ -223,12 +259,13 @@ class CheckpointManager:
         found = self._newest(load=False)
         return found[0] if found else None
 
-    def load_latest(self) -> tuple[CheckpointInfo, dict] | None:
+    def load_latest(self, accept: Any = None) -> tuple[CheckpointInfo, dict] | None:
         """The newest checkpoint that loads, with its payload: verified once (``latest_valid``
-        followed by ``load`` would hash every file twice); warns like ``latest_valid``."""
-        return self._newest(load=True)
+        followed by ``load`` would hash every file twice); warns like ``latest_valid``.
+        ``accept(payload)`` may return a reason to skip a checkpoint that loads (a foreign one)."""
+        return self._newest(load=True, accept=accept)
 
-    def _newest(self, load: bool) -> tuple[CheckpointInfo, dict | None] | None:
+    def _newest(self, load: bool, accept: Any = None) -> tuple[CheckpointInfo, dict | None] | None:
         self.wait()  # a pending save may be the newest one
         skipped: list[CheckpointInfo] = []
         chosen = None
@@ -236,7 +273,11 @@ class CheckpointManager:
             if info.valid:
                 try:
                     if load:
-                        chosen = (info, load_checkpoint(info.path))
+                        payload = load_checkpoint(info.path)
+                        reason = accept(payload) if accept is not None else None
+                        if reason:
+                            raise CheckpointError(reason, detail=reason)
+                        chosen = (info, payload)
                     else:
                         verify_files(info.path, deep=True)
                         chosen = (info, None)
@@ -264,6 +305,20 @@ class CheckpointManager:
         """Verify, then return the payload ({"model", "tensors", "meta"}) on the CPU."""
         self.wait()  # the pending save may be replacing this very name
         return load_checkpoint(self._resolve(path_or_name))
+
+
+def _free_bytes(directory: Path) -> int | None:
+    for d in (directory, *directory.parents):
+        if d.exists():
+            try:
+                return shutil.disk_usage(d).free
+            except OSError:
+                return None
+    return None
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{max(n / 1e6, 0.1):.1f} MB"
 
 
 def _int(v: Any) -> int:

@@ -16,6 +16,7 @@ data:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -123,6 +124,18 @@ def fit_data(train_data: Any, val_data: Any, cfg: Any) -> tuple[Any, Any]:
     if train_data is None:
         raise ValueError("fit() needs training data: pass it, or set `data` in the config to a data spec")
     return train_data, val_data
+
+
+def data_files(train_data: Any, cfg: Any) -> list[Path]:
+    """The files a data spec trains on (for the data fingerprint): the spec given to ``fit``, else the
+    config's (from which ``trainforge train`` built the datasets it passes); none for in-memory data."""
+    spec = train_data if _is_spec(train_data) else getattr(cfg, "data", None)
+    if isinstance(spec, str) and ":" not in spec:
+        return [Path(spec)]
+    if not _is_spec(spec):
+        return []
+    path = spec.path if not isinstance(spec, dict) else spec.get("path")
+    return [Path(path)] if isinstance(path, (str, Path)) else []
 
 
 def _is_spec(value: Any) -> bool:

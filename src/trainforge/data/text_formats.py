@@ -63,11 +63,26 @@ def records_to_dataset(records: Sequence[dict], lines: Sequence[int], where: str
         absent = [f for f in fields if f not in rec]
         if absent:
             raise DataError(f"{where}:{lines[i]}: record lacks field(s) {absent} (every record needs {list(fields)})")
+    for f in fields:
+        check_mostly_numeric([rec[f] for rec in records], lines, where, f)
     dtypes = field_dtypes(dtype, fields, where)
     strict = isinstance(dtype, dict)  # one dtype for all applies to the numeric fields only
     columns = {f: make_column([rec[f] for rec in records], dtypes.get(f), f"{where}: field {f!r}", strict)
                for f in fields}
     return RecordDataset(columns, len(records))
+
+
+def check_mostly_numeric(values: list, lines: Sequence, where: str, name: str) -> None:
+    """A field that is a number in most records and not in a few (null, "n/a") is an error naming
+    the record: as a list of mixed values it would reach the model as something it cannot use."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    bad = [i for i, v in enumerate(values) if not number(v)]
+    if bad and len(bad) * 2 < len(values) and all(not isinstance(values[i], (list, dict)) for i in bad):
+        i = bad[0]
+        more = f" (and {len(bad) - 1} more like it)" if len(bad) > 1 else ""
+        raise DataError(f"{where}:{lines[i]}: field {name!r}: value {values[i]!r} is not a number, but the field's "
+                        f"other values are{more}; fix or drop the record")
 
 
 def make_column(values: list, dtype: torch.dtype | None, where: str, strict: bool = True) -> Any:
@@ -146,19 +161,41 @@ def read_csv(path: Path, fields: Sequence[str] | None = None, dtype: Any = None,
         lines.append(reader.line_num)
     if not rows:
         raise DataError(f"{path} has a header but no rows")
-    columns = {name: parse_cells([r[j] for r in rows]) for j, name in enumerate(header)}
+    columns = {name: parse_cells([r[j] for r in rows], (path, lines, name) if fields is None or name in fields else None)
+               for j, name in enumerate(header)}
     records = [{name: columns[name][i] for name in header} for i in range(len(rows))]
     return records_to_dataset(records, lines, str(path), fields, dtype)
 
 
-def parse_cells(cells: list[str]) -> list:
-    """The column as ints if every cell is one, else floats, else the strings as they are."""
+def parse_cells(cells: list[str], where: tuple[Path, list, str] | None = None) -> list:
+    """The column as ints if every cell is one, else floats, else the strings as they are.
+
+    A column that is mostly numbers with a few cells that are not (``n/a``, an empty cell, a typo)
+    is an error naming file, line, column and cell (``where``: path, line numbers, column name):
+    read as text, the whole column would silently stop being a feature."""
     for kind in (int, float):
         try:
             return [kind(c) for c in cells]
         except ValueError:
             continue
+    if where is not None:
+        bad = [i for i, c in enumerate(cells) if not _is_number(c)]
+        if len(bad) * 2 < len(cells):  # mostly numbers: the others are mistakes, not text
+            path, lines, name = where
+            i = bad[0]
+            more = f" (and {len(bad) - 1} more cell(s) like it)" if len(bad) > 1 else ""
+            raise DataError(f"{path}:{lines[i]}: column {name!r}: cell {cells[i]!r} is not a number, but the "
+                            f"column's other cells are{more}; fix or drop the row (or leave the column out with "
+                            "`fields`)")
     return cells
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def read_text(path: Path) -> str:

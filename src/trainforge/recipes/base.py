@@ -7,6 +7,7 @@ them) and ``build(cfg) -> RecipeParts``. The trainer merges ``DEFAULTS`` under t
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
@@ -41,7 +42,45 @@ def recipe_settings(cfg: Any, defaults: Mapping[str, Any], recipe: str) -> dict[
             f"unknown key(s) {', '.join(f'`recipe_args.{k}`' for k in unknown)} for recipe {recipe} "
             f"(known keys: {', '.join(sorted(defaults))})"
         )
+    for key, value in given.items():
+        problem = _out_of_range(key, defaults[key], value)
+        if problem:
+            raise ConfigError(f"field `recipe_args.{key}`: got {value!r} — {problem}")
     return {**defaults, **given}
+
+
+LIMIT = 10**9
+
+
+def _out_of_range(key: str, default: Any, value: Any) -> str | None:
+    """Why a numeric recipe argument is impossible (None: it is fine). The bounds, for every recipe:
+    counts and sizes are integers in [1, 1e9] (``n_*`` counts may be 0); ``dropout`` and ``*fraction``
+    are in [0, 1); probabilities ``p_*`` in [0, 1]; other numbers finite in [0, 1e9]. A list of
+    integers (``channels``) holds integers in [1, 1e9]. A non-numeric default is the recipe's to check."""
+    if isinstance(default, list) and default and all(isinstance(d, int) for d in default):
+        if not isinstance(value, list) or not all(_is_int(v) and 1 <= v <= LIMIT for v in value):
+            return f"must be a list of integers in [1, {LIMIT:.0e}]"
+        return None
+    numeric = (isinstance(default, (int, float)) and not isinstance(default, bool)) or (
+        default is None and isinstance(value, (int, float)) and not isinstance(value, bool))
+    if not numeric or value is None and default is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "must be a finite number"
+    if "dropout" in key or "fraction" in key:
+        return None if 0 <= value < 1 else "must be in [0, 1)"
+    if key.startswith("p_"):
+        return None if 0 <= value <= 1 else "must be in [0, 1]"
+    if isinstance(default, int):
+        low = 0 if key.startswith("n_") else 1
+        if not _is_int(value) or not low <= value <= LIMIT:
+            return f"must be an integer in [{low}, {LIMIT:.0e}]"
+        return None
+    return None if 0 <= value <= LIMIT else f"must be in [0, {LIMIT:.0e}]"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @contextmanager
@@ -52,7 +91,7 @@ def settings_checked(recipe: str) -> Iterator[None]:
         yield
     except ConfigError:
         raise
-    except ValueError as e:
+    except (ValueError, ZeroDivisionError) as e:
         raise ConfigError(f"recipe {recipe}: bad recipe_args: {e}") from None
 
 
