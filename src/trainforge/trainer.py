@@ -33,14 +33,12 @@ from .devices import autocast_factory, resolve_device, to_device
 from .events import Callback, CallbackList, Event, SkipBatch, overrides
 from .evaluation import Interrupted, evaluate
 from .gradients import clip_gradients, grad_extremes
-from .fileio import atomic_write_text
 from .metrics import epoch_summary, update_best
-from .results import FitResult, Preempted, fit_result, result_record, write_result
+from .results import FitResult, Preempted, fit_result
 from .optim import build_optimizer, build_schedule
 from .optim.schedules import schedule_horizon
 from .sanity import sanity_pass
-from .summary import format_summary
-from .runlock import RunLock
+from .rundir import RunDirectory
 from .state import Lifecycle, Phase, RngState, TrainState, seed_everything
 from .tasks import Task, batch_size_of, make_task
 from .telemetry import RollBackRequest, Telemetry
@@ -91,8 +89,8 @@ class Trainer:
         self.controls = Controls(self.lifecycle)
         self.data_fingerprint: dict[str, Any] | None = None
         self.failed_saves = 0  # periodic saves in a row that failed (the next boundary retries)
-        self._lock: RunLock | None = None
-        self._opened = self._finished = False
+        self.rundir = RunDirectory(self.cfg.run_dir)
+        self._finished = False
         self._skip_reasons: dict[str, int] = {}
         for cb in callbacks:
             self.add_callback(cb)
@@ -105,7 +103,7 @@ class Trainer:
     @property
     def opened(self) -> bool:
         """The last fit passed its checks and wrote into the run directory."""
-        return self._opened
+        return self.rundir.opened
 
     @property
     def lr(self) -> float:
@@ -165,14 +163,14 @@ class Trainer:
         checkpoint is refused unless ``allow_data_change`` (then result.json records the change)."""
         self.lifecycle.to(Phase.INITIALIZING)
         self.controls.reset()
-        self._opened = self._finished = False
+        self.rundir, self._finished = RunDirectory(self.cfg.run_dir), False
         preempted = False
         try:
             files = data_files(train_data, self.cfg)
             train_data, val_data = fit_data(train_data, val_data, self.cfg)
             self._setup_run(train_data, val_data)
             self.data_fingerprint = fingerprint(train_data, files)
-            self._lock_run_dir()
+            self.rundir.take_lock()
             if resume_from is not None and snapshot.resume_run(self, resume_from, allow_data_change=allow_data_change):
                 return self._already_finished()
             if resume_from is None and self.checkpoints is not None and self.checkpoints.list(deep=False):
@@ -180,7 +178,7 @@ class Trainer:
                               "run: resume_from='latest' would continue it instead", stacklevel=2)
             if self.cfg.sanity_check:
                 sanity_pass(self)
-            self._open_run()
+            self.rundir.open(self.cfg, self.model, self.logger)
             self.lifecycle.to(Phase.RUNNING)
             with signals.handlers(self):  # kept through the preemption checkpoint: a second signal is noted
                 try:
@@ -196,9 +194,7 @@ class Trainer:
                 self._finish(Phase.ERROR, exc)
             raise
         finally:
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            self.rundir.release()
         if preempted:
             saved = self.checkpoints is not None and self.last_checkpoint_step == self.state.counters.step
             preempted_exit = Preempted(self._preemption_message(saved), 75 if saved else 1)
@@ -492,30 +488,6 @@ class Trainer:
         self.logger = RunLogger(build_sinks(cfg, progress), cfg.log.level)
         self.apply_lr()
 
-    def _lock_run_dir(self) -> None:
-        """Take the run directory's lock (creating the directory for a new run) before any check
-        that reads it: a second process into the same run dir is turned away naming this one."""
-        run_dir = Path(self.cfg.run_dir)
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise ConfigError(f"field `run_dir`: {run_dir} (or a parent) is a file; name a directory") from None
-        self._lock = RunLock(run_dir)
-        self._lock.acquire()
-
-    def _open_run(self) -> None:
-        """The checks passed: from here on the run directory is written (config, logs, result)."""
-        run_dir = Path(self.cfg.run_dir)
-        self._opened = True
-        if self._lock is not None:
-            self._lock.record()
-        atomic_write_text(run_dir / "config.yaml", self.cfg.to_yaml())
-        summary = format_summary(self.model)
-        atomic_write_text(run_dir / "model_summary.txt", summary + "\n")
-        if "console" in self.cfg.log.sinks:
-            print(summary, file=sys.stderr)
-        self.logger.open(run_dir, self.cfg.to_dict())
-
     def budget_reached(self) -> bool:
         """True once ``max_steps`` or ``max_epochs`` is used up."""
         return self.state.counters.budget_reason(self.cfg.max_steps, self.cfg.max_epochs) is not None
@@ -542,7 +514,7 @@ class Trainer:
                     warnings.warn(f"the pending checkpoint failed as well: {e}", stacklevel=2)
         if self.phase != phase:
             self.lifecycle.to(phase)
-        if self._opened:
+        if self.rundir.opened:
             self._write_result(error=exc)
             self.logger.close(failed=exc is not None)
         if failed_save is not None:
@@ -575,6 +547,5 @@ class Trainer:
                           final_checkpoint=self.last_checkpoint, extra=self.result_extra)
 
     def _write_result(self, error: BaseException | None = None) -> None:
-        write_result(Path(self.cfg.run_dir) / "result.json", result_record(
-            self.state, self.data_stats(), final_checkpoint=self.last_checkpoint, phase=str(self.phase),
-            extra=self.result_extra, config=self.cfg.to_dict(), error=error))
+        self.rundir.write_result(self.state, self.data_stats(), final_checkpoint=self.last_checkpoint,
+                                  phase=str(self.phase), extra=self.result_extra, config=self.cfg.to_dict(), error=error)
