@@ -115,3 +115,17 @@ def test_trainforge_config_prints_every_field_with_its_description(capsys, tmp_p
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["recipe"] == "digits" and resolved["seed"] == 4
     assert main(["config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_every_config_field_has_a_description():
+    from pydantic import BaseModel
+
+    def missing(model, prefix=""):
+        for name, field in model.model_fields.items():
+            if not field.description:
+                yield prefix + name
+            for arg in getattr(field.annotation, "__args__", (field.annotation,)):
+                if isinstance(arg, type) and issubclass(arg, BaseModel) and name != "schedules":
+                    yield from missing(arg, f"{prefix}{name}.")
+
+    assert list(missing(TrainConfig)) == []

@@ -26,14 +26,14 @@ class Section(BaseModel):
 
 
 class OptimizerConfig(Section):
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    name: Literal["adamw", "adam", "sgd"] = Field("adamw", description="adamw (decoupled weight decay) | adam | sgd")
     lr: float = Field(3e-4, gt=0, le=10, description="peak learning rate, in (0, 10]")
     weight_decay: float = Field(0.01, ge=0, le=100, description="applied to weights only, never biases or norms; "
                                 "in [0, 100] (grokking uses 1.0)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="adam/adamw")
     eps: float = Field(1e-8, gt=0, le=1, description="adam/adamw, in (0, 1]")
     momentum: float = Field(0.0, ge=0, lt=1, description="sgd only")
-    nesterov: bool = False
+    nesterov: bool = Field(False, description="sgd only: Nesterov momentum")
     fused: bool | None = Field(None, description="PyTorch's fused kernel; null: where the parameters allow "
                                "(then a non-finite step is dropped on the device, with no host sync)")
 
@@ -46,7 +46,8 @@ class OptimizerConfig(Section):
 
 
 class ScheduleConfig(Section):
-    name: Literal["warmup_cosine", "constant", "linear", "one_cycle", "cyclic", "plateau", "sequence"] = "warmup_cosine"
+    name: Literal["warmup_cosine", "constant", "linear", "one_cycle", "cyclic", "plateau", "sequence"] = Field(
+        "warmup_cosine", description="the lr multiplier as a function of the optimizer step (plateau: of validations)")
     warmup: float = Field(0.1, ge=0, lt=1, description="fraction of total optimizer steps spent warming up")
     warmup_steps: int | None = Field(None, ge=0, le=10**12, description="overrides `warmup` when set; <= 1e12")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="floor of the decay, as a fraction of lr")
@@ -82,7 +83,9 @@ class GradConfig(Section):
                                      "(0, 1e6]; null disables")
     clip_value: float | None = Field(None, gt=0, le=1e6, description="clamp every gradient element to +-value, "
                                       "in (0, 1e6]")
-    non_finite: Literal["skip", "halt", "rollback"] = "skip"
+    non_finite: Literal["skip", "halt", "rollback"] = Field(
+        "skip", description="a NaN/inf loss or gradient: skip (drop the update, count it) | halt (stop with an "
+        "error) | rollback (restore the last good checkpoint, lower the lr, go on)")
     rollback_lr_factor: float = Field(0.5, gt=0, le=1, description="rollback: lr multiplier after a restore")
     max_rollbacks: int = Field(3, ge=0, le=1000, description="rollback: give up with ERROR after this many")
 
@@ -90,13 +93,13 @@ class GradConfig(Section):
 class CheckpointConfig(Section):
     every_epochs: int | None = Field(1, ge=1, le=10**6, description="in [1, 1e6]; null: not by epochs")
     every_steps: int | None = Field(None, ge=1, le=10**12, description="in [1, 1e12]; null: not by steps")
-    keep_last: int = Field(3, ge=1, le=10**6)
-    keep_best: int = Field(1, ge=0, le=10**6)
-    monitor: str | None = "val/loss"
-    mode: Literal["min", "max"] = "min"
+    keep_last: int = Field(3, ge=1, le=10**6, description="the newest checkpoints kept (1 to 1e6)")
+    keep_best: int = Field(1, ge=0, le=10**6, description="also keep the best ones by `monitor` (0 to 1e6)")
+    monitor: str | None = Field("val/loss", description="metric that ranks checkpoints for keep_best")
+    mode: Literal["min", "max"] = Field("min", description="min: lower monitor is better; max: higher")
     save_last: bool = Field(True, description="save a checkpoint when the run ends")
     async_save: bool = Field(False, description="write in a background thread; training continues")
-    enabled: bool = True
+    enabled: bool = Field(True, description="false: no checkpoints at all (a preempted run cannot resume)")
 
 
 class ValidationConfig(Section):
@@ -107,12 +110,16 @@ class ValidationConfig(Section):
 
 
 class LogConfig(Section):
-    level: Literal["minimal", "standard", "verbose"] = "standard"
-    every_steps: int = Field(10, ge=1, le=10**12)
-    sinks: list[Literal["console", "jsonl", "csv", "tensorboard", "mlflow", "wandb"]] = ["console", "jsonl", "csv"]
+    level: Literal["minimal", "standard", "verbose"] = Field(
+        "standard", description="minimal: loss and lr | standard: + grad norm, throughput, memory | verbose: + grad "
+        "extremes, data wait, a console line per log")
+    every_steps: int = Field(10, ge=1, le=10**12, description="optimizer steps per log record (the only host sync of "
+                             "the loop; 1 to 1e12)")
+    sinks: list[Literal["console", "jsonl", "csv", "tensorboard", "mlflow", "wandb"]] = Field(
+        ["console", "jsonl", "csv"], description="where records go (metrics.jsonl is always written)")
     progress: bool = Field(True, description="tqdm bar per epoch")
-    mlflow_tracking_uri: str | None = None
-    mlflow_experiment: str = "trainforge"
+    mlflow_tracking_uri: str | None = Field(None, description="mlflow sink: store; default sqlite:///RUN_DIR/mlflow.db")
+    mlflow_experiment: str = Field("trainforge", description="mlflow sink: the experiment")
     wandb_project: str = Field("trainforge", description="wandb sink: the project")
     wandb_mode: Literal["offline", "online", "disabled"] = Field(
         "offline", description="wandb sink: offline writes run_dir/wandb/ with no network (wandb sync uploads it)")
@@ -121,16 +128,17 @@ class LogConfig(Section):
 
 
 class DistributedConfig(Section):
-    strategy: Literal["ddp", "fsdp", "none"] = "ddp"
-    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    strategy: Literal["ddp", "fsdp", "none"] = Field("ddp", description="multi-process strategy (not available yet: "
+                                                      "--nproc 1 only)")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: gloo on CPU, nccl on GPU")
 
 
 class EarlyStoppingConfig(Section):
-    monitor: str = "val/loss"
-    mode: Literal["min", "max"] = "min"
+    monitor: str = Field("val/loss", description="the metric watched")
+    mode: Literal["min", "max"] = Field("min", description="min: lower is better; max: higher")
     patience: int = Field(5, ge=1, le=10**6, description="stop at this many evaluations in a row without improvement "
                           "(Keras/Lightning's meaning)")
-    min_delta: float = Field(0.0, ge=0, le=1e12)
+    min_delta: float = Field(0.0, ge=0, le=1e12, description="a smaller change is no improvement")
 
 
 class BitNetConfig(Section):
@@ -174,7 +182,8 @@ class LossConfig(Section):
     """The training loss, for the matching task (see docs/training.md, Losses). Validation keeps the
     task's plain loss (cross-entropy, MSE), so runs trained with different losses compare."""
 
-    name: Literal["cross_entropy", "label_smoothing", "focal", "mse", "huber", "l1", "infonce", "distill", "multitask"]
+    name: Literal["cross_entropy", "label_smoothing", "focal", "mse", "huber", "l1", "infonce", "distill", "multitask"] = \
+        Field(description="the loss (docs/training.md#losses)")
     label_smoothing: float | None = Field(None, ge=0, lt=1, allow_inf_nan=False,
                                           description="cross_entropy (0), label_smoothing (0.1), distill's hard part (0)")
     gamma: float = Field(2.0, ge=0, le=20, allow_inf_nan=False,
@@ -248,10 +257,11 @@ class DataSpec(Section):
     """A data file named in the config: ``{path: ..., format: jsonl, ...options}``."""
 
     model_config = ConfigDict(extra="allow")
-    path: str
-    format: str | None = None
-    val_path: str | None = None
-    val_fraction: float = Field(0.0, ge=0, lt=1)
+    path: str = Field(description="the training data file (or glob, streaming)")
+    format: str | None = Field(None, description="json | jsonl | csv | hdf5 | npy | npz | bin | pickle; default: "
+                                  "from the extension")
+    val_path: str | None = Field(None, description="a validation file (or use val_fraction)")
+    val_fraction: float = Field(0.0, ge=0, lt=1, description="a seeded split of the training data for validation")
 
 
 class TrainConfig(Section):
@@ -264,30 +274,32 @@ class TrainConfig(Section):
                                   "at whichever comes first")
     batch_size: int = Field(32, ge=1, le=2**24, description="in [1, 2**24]")
     num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes, in [0, 256]")
-    shuffle: bool = True
-    drop_last: bool = False
+    shuffle: bool = Field(True, description="a new order each epoch, a pure function of (seed, epoch)")
+    drop_last: bool = Field(False, description="drop a last, smaller batch of each epoch")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
 
     model: str | None = Field(None, description="'module:callable' returning an nn.Module")
-    model_args: dict[str, Any] = {}
+    model_args: dict[str, Any] = Field({}, description="keyword arguments of the `model` callable")
     data: str | DataSpec | None = Field(None, description="'module:callable' returning (train, val), or a data spec")
-    data_args: dict[str, Any] = {}
+    data_args: dict[str, Any] = Field({}, description="keyword arguments of the `data` callable (it also gets "
+                                      "seed= when it has that parameter)")
     task: str = Field("classification", description="classification | language_model | regression | module:callable")
     recipe: str | None = Field(None, description="graph_walks | grokking | char_lm | digits")
-    recipe_args: dict[str, Any] = {}
+    recipe_args: dict[str, Any] = Field({}, description="the recipe's own settings (see docs/recipes.md)")
 
-    optimizer: OptimizerConfig = OptimizerConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    grad: GradConfig = GradConfig()
-    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    optimizer: OptimizerConfig = Field(OptimizerConfig(), description="the optimizer")
+    schedule: ScheduleConfig = Field(ScheduleConfig(), description="the learning-rate schedule")
+    grad: GradConfig = Field(GradConfig(), description="accumulation, clipping, non-finite steps")
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = Field(
+        "32", description="32 | bf16-mixed (autocast) | 16-mixed (autocast + gradient scaler)")
     compile: bool = Field(False, description="wrap the model in torch.compile")
     sanity_check: bool = Field(True, description="before the first step, one training and one validation batch "
                                "through model, loss and backward (no trace left): user mistakes fail at once")
-    checkpoint: CheckpointConfig = CheckpointConfig()
-    validation: ValidationConfig = ValidationConfig()
-    log: LogConfig = LogConfig()
-    distributed: DistributedConfig = DistributedConfig()
-    early_stopping: EarlyStoppingConfig | None = None
+    checkpoint: CheckpointConfig = Field(CheckpointConfig(), description="when checkpoints are written and kept")
+    validation: ValidationConfig = Field(ValidationConfig(), description="when and on how much the run validates")
+    log: LogConfig = Field(LogConfig(), description="what is logged, how often, where")
+    distributed: DistributedConfig = Field(DistributedConfig(), description="multi-process training")
+    early_stopping: EarlyStoppingConfig | None = Field(None, description="stop when a metric stops improving")
     gate: dict[str, str] | None = Field(None, description="{metric: '> 0.95', ...}; all must hold to pass")
     bitnet: BitNetConfig | None = Field(None, description="BitNet quantization-aware training; null = dense")
     loss: LossConfig | None = Field(None, description="the training loss; null = the task's default")
