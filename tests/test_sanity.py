@@ -124,3 +124,75 @@ def test_class_targets_of_shape_b_1_get_the_fix(tmp_path):
     model = nn.Sequential(nn.Linear(6, 3))
     with pytest.raises(UserCodeError, match=r"targets have shape \[8, 1\] for logits \[8, 3\].*y.squeeze\(-1\)"):
         Trainer(model, TrainConfig.from_dict(quiet_cfg(tmp_path, batch_size=8))).fit((x, y[:, None]))
+
+
+PROJECT = '''import torch
+from torch import nn
+
+
+def model_ok(d=4):
+    return nn.Sequential(nn.Linear(d, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def model_that_raises(d=4):
+    raise ValueError("width must be even")  # a bug in the user's factory
+
+
+def model_typeerror(d=4):
+    return nn.Linear(d, "8")  # a TypeError inside the factory: not model_args' fault
+
+
+def data_19():
+    return (torch.randn(32, 19), torch.randint(0, 2, (32,))), None
+
+
+def data_b1():
+    return (torch.randn(32, 4), torch.randint(0, 2, (32, 1))), None
+
+
+def data_ok():
+    return (torch.randn(32, 4), torch.randint(0, 2, (32,))), None
+
+
+def per_sample_loss(model, batch):
+    return nn.functional.cross_entropy(model(batch[0]), batch[1], reduction="none")
+'''
+
+MISTAKES = {  # config lines -> what the one block must say (and the user's line, where it is the user's code)
+    "factory raises": ("model: {m}:model_that_raises\ndata: {m}:data_ok\n",
+                       ["building the model with", "width must be even"], "in model_that_raises"),
+    "TypeError inside the factory": ("model: {m}:model_typeerror\ndata: {m}:data_ok\n",
+                                     ["building the model with", "TypeError"], "in model_typeerror"),
+    "shapes do not fit": ("model: {m}:model_ok\ndata: {m}:data_19\n",
+                          ["mat1 and mat2 shapes cannot be multiplied", "batch: (Tensor[8, 19] float32"], None),
+    "targets [B, 1]": ("model: {m}:model_ok\ndata: {m}:data_b1\n", ["targets have shape [8, 1]", "squeeze"], None),
+    "misspelt task": ("model: {m}:model_ok\ndata: {m}:data_ok\ntask: clasification\n",
+                      ["field `task`", "did you mean 'classification'"], None),
+    "loss not a scalar": ("model: {m}:model_ok\ndata: {m}:data_ok\ntask: {m}:per_sample_loss\n",
+                          ["scalar loss tensor", "got Tensor[8] float32"], None),
+    "cuda on a cpu torch": ("model: {m}:model_ok\ndata: {m}:data_ok\ndevice: cuda\n", ["field `device`: cuda"], None),
+}
+
+
+@pytest.mark.parametrize("case", list(MISTAKES))
+def test_each_mistake_through_the_cli_is_one_block_naming_the_culprit(tmp_path, monkeypatch, capsys, case):
+    from trainforge.cli import main
+    if case == "cuda on a cpu torch" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    module = "proj_" + "".join(ch for ch in case if ch.isalnum())
+    (tmp_path / f"{module}.py").write_text(PROJECT)
+    lines, expected, user_frame = MISTAKES[case]
+    (tmp_path / "run.yaml").write_text("run_dir: runs/r\nmax_epochs: 1\nbatch_size: 8\n"
+                                       "log: {progress: false, sinks: [jsonl]}\n" + lines.format(m=module))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "run.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "site-packages" not in err
+    for text in expected:
+        assert text in err, (text, err)
+    if user_frame:
+        assert f"{module}.py:" in err and user_frame in err
+    if "in your code" in err:  # trainforge's own frames are left out of the user's block
+        assert "trainforge/" not in err.split("in your code:")[1].split("(full traceback")[0]
+    assert main(["train", "run.yaml", "--run-dir", "runs/r2", "--traceback"]) == 2
+    assert "Traceback" in capsys.readouterr().err  # the whole story on request

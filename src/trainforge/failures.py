@@ -88,6 +88,10 @@ def report(exc: BaseException, *, run_dir: Path | None, argv: Sequence[str], sho
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     if known is not None:
         code, message = known
+        from .user_errors import UserCodeError
+        if isinstance(exc, UserCodeError) and not show_traceback:  # the user's bug: its whole traceback kept
+            log = write_error_log(exc, run_dir, argv)
+            message += f"\n  (full traceback: --traceback, or {log})" if log else ""
         print(message, file=sys.stderr)
         return code
     log = write_error_log(exc, run_dir, argv)
