@@ -69,10 +69,13 @@ class StepGuard:
         self._dropping: torch.Tensor | None = None
 
     def flags(self, loss: torch.Tensor, norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loss_bad = ~torch.isfinite(loss)
-        grad_bad = ~torch.isfinite(norm.to(loss.device))
-        bad = loss_bad if self.scaler_enabled else loss_bad | grad_bad
-        drop = loss_bad | grad_bad
+        if norm.device != loss.device:
+            norm = norm.to(loss.device)
+        if self.scaler_enabled:  # an overflow (finite loss, non-finite gradients) is the scaler's, not bad
+            bad = ~torch.isfinite(loss)
+            drop = bad | ~torch.isfinite(norm)
+        else:  # NaN/inf in either propagates through the sum (norm >= 0): two kernels per step
+            drop = bad = torch.isfinite(loss + norm).logical_not_()
         if self.sticky:
             self._dropping = bad if self._dropping is None else self._dropping | bad
             drop = drop | self._dropping

@@ -60,10 +60,12 @@ class IntervalMeter:
         self.steps.append(step)
         self.positions.append(position)
         self.losses.append(loss)
-        zero = torch.zeros((), device=loss.device)
-        self.norms.append(zero if norm is None else norm)
-        self.drops.append(zero if drop is None else drop)
-        self.bads.append(zero if bad is None else bad)
+        if norm is None or drop is None or bad is None:  # a manual or foreign step: no flags measured
+            zero = torch.zeros((), device=loss.device)
+            norm, drop, bad = (zero if t is None else t for t in (norm, drop, bad))
+        self.norms.append(norm)
+        self.drops.append(drop)
+        self.bads.append(bad)
 
     def add_batch(self, samples: int, tokens: int) -> None:
         self.batches += 1
