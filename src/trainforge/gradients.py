@@ -49,6 +49,11 @@ def grad_extremes(params: Iterable[nn.Parameter]) -> tuple[torch.Tensor, torch.T
     return maxes.max(), mins.min()
 
 
+def _non_finite(value: torch.Tensor) -> torch.Tensor:
+    """1.0 where ``value`` is NaN or inf, else 0.0 (float32, as ``found_inf`` wants it)."""
+    return torch.isfinite(value).logical_not_().float()
+
+
 class StepGuard:
     """Drops the update of a non-finite step on the device, without waiting for it.
 
@@ -69,16 +74,17 @@ class StepGuard:
         self._dropping: torch.Tensor | None = None
 
     def flags(self, loss: torch.Tensor, norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(drop, bad) as float 0/1 scalars on the device (``found_inf`` wants a float)."""
         if norm.device != loss.device:
             norm = norm.to(loss.device)
         if self.scaler_enabled:  # an overflow (finite loss, non-finite gradients) is the scaler's, not bad
-            bad = ~torch.isfinite(loss)
-            drop = bad | ~torch.isfinite(norm)
-        else:  # NaN/inf in either propagates through the sum (norm >= 0): two kernels per step
-            drop = bad = torch.isfinite(loss + norm).logical_not_()
+            bad = _non_finite(loss)
+            drop = torch.maximum(bad, _non_finite(norm))
+        else:  # NaN/inf in either propagates through the sum (norm >= 0)
+            drop = bad = _non_finite(loss + norm)
         if self.sticky:
-            self._dropping = bad if self._dropping is None else self._dropping | bad
-            drop = drop | self._dropping
+            self._dropping = bad if self._dropping is None else torch.maximum(self._dropping, bad)
+            drop = torch.maximum(drop, self._dropping)
         return drop, bad
 
     def reset(self) -> None:
@@ -88,7 +94,7 @@ class StepGuard:
     @staticmethod
     def step(optimizer: torch.optim.Optimizer, drop: torch.Tensor) -> None:
         if getattr(optimizer, "_step_supports_amp_scaling", False):
-            optimizer.found_inf = drop.float()  # type: ignore[attr-defined]
+            optimizer.found_inf = drop  # type: ignore[attr-defined]
             try:
                 optimizer.step()
             finally:
