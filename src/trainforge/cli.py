@@ -51,7 +51,7 @@ def build_parser() -> Parser:
 
     d = sub.add_parser("demo", help="run a recipe end to end (default: graph_walks)",
                        description="Run a built-in recipe end to end and write its report.")
-    d.add_argument("name", nargs="?", default="graph_walks", help="graph_walks (default), char_lm or digits")
+    d.add_argument("name", nargs="?", default="graph_walks", help="graph_walks (default), grokking, char_lm or digits")
     overrides(d)
 
     rep = sub.add_parser("report", help="draw report.png for one or more runs (overlaid)",

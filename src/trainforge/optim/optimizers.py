@@ -20,8 +20,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """From an OptimizerConfig."""
-    groups = param_groups(model, cfg.weight_decay)
+    """From an OptimizerConfig. ``decay_all``: one group, every parameter decayed (as
+    ``torch.optim.Adam(model.parameters(), weight_decay=...)`` does)."""
+    if getattr(cfg, "decay_all", False):
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": cfg.weight_decay}]
+    else:
+        groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     if cfg.name == "adam":
