@@ -230,7 +230,6 @@ def test_state_of_another_filter_or_model_is_refused():
     ({"filter": "ema", "lamb": float("inf")}, "grokfast.lamb"),
     ({"filter": "ema", "lamb": [[10, 1.0], [5, 2.0]]}, "grokfast.lamb"),
     ({"filter": "ema", "lamb": {"warmup": 0, "value": 1.0}}, "grokfast.lamb"),
-    ({"filter": "ema", "window": 10}, "window"),
     ({"filter": "fir"}, "grokfast.filter"),
     ({"filter": "ema", "beta": 0.5}, "grokfast.beta"),
 ])

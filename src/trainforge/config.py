@@ -149,14 +149,6 @@ class GrokfastConfig(Section):
                 raise ValueError("breakpoints: give at least one [step, value], steps strictly increasing")
         return v
 
-    @model_validator(mode="after")
-    def _options_of_the_filter(self) -> "GrokfastConfig":
-        other = "window" if self.filter == "ema" else "alpha"
-        if other in self.model_fields_set:
-            raise ValueError(f"`{other}` is not an option of filter {self.filter} "
-                             f"(ema takes alpha, ma takes window)")
-        return self
-
 
 GATE_OPS = (">=", "<=", ">", "<")
 

@@ -22,7 +22,7 @@ from .trainer import FitResult, Trainer
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("gate",):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("gate", "grokfast"):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -30,7 +30,9 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), run_dir: str | None = None) -> TrainConfig:
-    """The user's fields over the recipe's defaults (when a recipe is named), then overrides."""
+    """The user's fields over the recipe's defaults (when a recipe is named), then overrides.
+    A ``gate`` or ``grokfast`` section replaces the recipe's whole (an MA filter must not inherit
+    the default EMA's settings)."""
     data = apply_overrides(copy.deepcopy(raw), overrides)
     if run_dir is not None:
         data["run_dir"] = run_dir
