@@ -128,3 +128,22 @@ def test_milestone_callback_state_round_trip():
 def test_bad_milestone_config_names_the_field(fields, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig.from_dict(fields)
+
+
+def test_report_marks_milestones_and_uses_a_log_step_axis_for_runs_of_very_different_length(tmp_path):
+    from test_report import fake_run
+    from trainforge.report import build_figure, load_run
+    long, short = fake_run(tmp_path / "long", steps=2000, epochs=20), fake_run(tmp_path / "short", steps=100, epochs=10)
+    for d, step in ((long, 1500), (short, 80)):
+        result = result_json(d)
+        result["milestones"] = {"val/accuracy": {"threshold": 0.95, "op": ">=", "step": step, "epoch": 3,
+                                                 "wall_time": 1.0}, "val/loss": None}
+        (d / "result.json").write_text(json.dumps(result))
+    runs = [load_run(long), load_run(short)]
+    fig = build_figure(runs)
+    marked = [ax for ax in fig.axes if any(line.get_gid() == "milestone" for line in ax.lines)]
+    assert len(marked) == 1 and marked[0].get_xscale() == "log"
+    labels = [t.get_text() for t in marked[0].get_legend().get_texts()]
+    assert "long: val/accuracy >= 0.95 at step 1,500" in labels
+    assert all(ax.get_xscale() == "linear" for ax in build_figure(runs, log_steps=False).axes)
+    assert all(ax.get_xscale() == "linear" for ax in build_figure([runs[0]]).axes if ax.get_visible())
