@@ -133,7 +133,7 @@ def test_lamb_schedule_forms():
             lamb_schedule(bad)
 
 
-# ------------------------------------------------------------------------------- in a run
+# ------------------------------------------------------------------------------- in a run (and killed)
 class LambSpy(Callback):
     def __init__(self):
         self.seen = []
@@ -246,3 +246,54 @@ def test_grokfast_config_forms_and_overrides():
     warm = TrainConfig.from_dict({"grokfast": {"lamb": {"warmup": 100, "value": 2.0}}})
     assert warm.grokfast.lamb.warmup == 100
     assert math.isclose(TrainConfig.from_dict({"optimizer": {"decay_all": True}}).optimizer.weight_decay, 0.01)
+
+
+KILL_CONFIG = """
+seed: 5
+max_epochs: 3   # final_weights (test_preemption) expects 3
+batch_size: 16
+model: tiny_project:build_model
+model_args: {{sleep: 0.08}}
+data: tiny_project:build_data
+optimizer: {{name: adam, lr: 0.003, weight_decay: 0.01, decay_all: true}}
+grad: {{accumulate: 2}}
+grokfast: {grokfast}
+checkpoint: {{every_steps: 2, keep_last: 2}}
+log: {{progress: false, sinks: [jsonl], every_steps: 3}}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grokfast", ["{filter: ema, alpha: 0.9, lamb: 2.0}",
+                                      "{filter: ma, window: 4, lamb: [[0, 1.0], [6, 5.0]]}"], ids=["ema", "ma"])
+def test_sigkill_at_random_moments_then_resume_is_byte_identical(tmp_path, grokfast):
+    import random
+    import signal
+    import subprocess
+    import time
+
+    from test_preemption import TRAINFORGE, env, final_weights, start
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(KILL_CONFIG.format(grokfast=grokfast))
+    ref = subprocess.run(TRAINFORGE + ["train", str(cfg), "--run-dir", str(tmp_path / "ref")], env=env(),
+                         capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    expected = final_weights(tmp_path / "ref")
+    run_dir, rng, kills = tmp_path / "killed", random.Random(14), 0
+    for _ in range(12):
+        args = ["resume", str(run_dir)] if (run_dir / "config.yaml").exists() else \
+            ["train", str(cfg), "--run-dir", str(run_dir)]
+        proc = start(args)
+        if kills < 2:
+            time.sleep(rng.uniform(2.0, 3.5))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                continue
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        if (run_dir / "result.json").exists():
+            break
+    assert kills == 2
+    assert final_weights(run_dir) == expected
