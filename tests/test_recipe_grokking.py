@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from helpers import quiet_cfg
 from trainforge import TrainConfig
@@ -46,15 +47,21 @@ def test_split_is_disjoint_complete_and_fixed_by_the_seed():
     assert torch.equal(xt, xt2) and not torch.equal(xt, xt3)
 
 
-def test_last_position_shortcut_is_the_full_causal_forward():
+@pytest.mark.parametrize("shared_prefix", [0, 1, 2, 3])
+def test_shortcuts_compute_the_full_causal_forward_and_its_gradient(shared_prefix):
     torch.manual_seed(0)
-    model = grokking.Decoder(13, dim=32, n_layer=2, n_head=4).eval()
-    tokens = torch.randint(0, 13, (6, 4))
+    model = grokking.Decoder(13, dim=32, n_layer=2, n_head=4, shared_prefix=shared_prefix)
+    inputs, answers = grokking.equations(11)
+    tokens, answers = inputs[::3], answers[::3]  # repeated (x, op) prefixes, as in a batch
     h = model.token_embeddings(tokens) + model.position_embeddings(torch.arange(4))
     for layer in model.layers:
         h = layer(h, last_only=False)
     full = model.head(model.ln_f(h))[:, -1]
-    torch.testing.assert_close(model(tokens), full, rtol=1e-5, atol=1e-5)
+    fast = model(tokens)
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+    grads = [torch.autograd.grad(F.cross_entropy(out, answers), list(model.parameters())) for out in (fast, full)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     # causal attention: position 0 of a block does not see the later positions
     x = torch.randn(1, 4, 32)
     y = x.clone()
