@@ -14,8 +14,10 @@ then a handful of large elementwise kernels, and a foreach copy writes the resul
 here waits on the device: the filter never reads a value on the host.
 
 A non-finite gradient (the engine then skips the step, halts or rolls back) must not poison the
-state forever: each step computes an ``ok`` flag on the device (all gradients finite) and the
-state update is a ``torch.where`` on it, so a bad step leaves ``mu`` or the queue as it was.
+state forever: each step computes an ``ok`` flag on the device (all gradients finite, as 1.0 or
+0.0) and the state update blends through it (``lerp`` with weight 0 or 1, multiplies), so a bad
+step leaves ``mu`` or the queue as it was. Equality with the formulas is exact in value (IEEE
+``==``; a zero's sign may differ, as ``x + 0.0`` turns ``-0.0`` into ``0.0``).
 
 ``Grokfast`` is the thin adapter to the loop (a Callback); ``EMAFilter`` and ``MAFilter`` work in
 any hand-written loop: ``f = EMAFilter(0.98); ...; loss.backward(); f(model.parameters(), 2.0)``.
@@ -185,6 +187,15 @@ class _Filter:
                 buf[key].copy_(saved[key])
 
 
+def _finite_flag(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1.0 if every element of ``g`` is finite else 0.0 — on the device, in ``g``'s dtype; ``g`` with
+    its non-finite elements replaced by 0). A NaN or inf propagates through the sum (a sum that
+    overflows counts as non-finite too); ``torch.where`` and ``isfinite().all()`` would cost ten
+    times as much on a CPU. The flag blends through ``lerp`` and multiplies, never a host read."""
+    ok = torch.isfinite(g.sum()).to(g.dtype)
+    return ok, torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 class EMAFilter(_Filter):
     """``mu <- alpha * mu + (1 - alpha) * g`` (``mu`` = the first finite gradient), ``g <- g + lamb * mu``."""
 
@@ -199,20 +210,22 @@ class EMAFilter(_Filter):
 
     def _new_state(self, group: _Group) -> dict[str, torch.Tensor]:
         mu = torch.zeros_like(group.flat)
-        return {"mu": mu, "started": torch.zeros((), dtype=torch.bool, device=mu.device),
-                "tmp": torch.empty_like(mu), "tmp2": torch.empty_like(mu)}
+        return {"mu": mu, "started": torch.zeros((), dtype=mu.dtype, device=mu.device),
+                "cand": torch.empty_like(mu), "tmp": torch.empty_like(mu)}
 
     def _apply(self, g: torch.Tensor, buf: dict[str, torch.Tensor], lamb: float) -> None:
-        mu, started, cand, tmp = buf["mu"], buf["started"], buf["tmp"], buf["tmp2"]
-        ok = torch.isfinite(g).all()
-        # Separate multiplies and an add (never add(alpha=) or lerp, which may fuse or reorder):
+        mu, started, cand, tmp = buf["mu"], buf["started"], buf["cand"], buf["tmp"]
+        ok, finite = _finite_flag(g)
+        # Separate multiplies and an add (never add(alpha=) or lerp here, which fuse or reorder):
         # the same roundings as the formula written out, so a per-tensor reference matches exactly.
         torch.mul(mu, self.alpha, out=cand)
-        torch.mul(g, 1.0 - self.alpha, out=tmp)
+        torch.mul(finite, 1.0 - self.alpha, out=tmp)
         cand.add_(tmp)
-        torch.where(started, cand, g, out=cand)   # the first gradient starts the average
-        torch.where(ok, cand, mu, out=mu)         # a non-finite gradient leaves mu as it was
-        torch.logical_or(started, ok, out=started)
+        # lerp with a weight of exactly 0 or 1 returns one end: the first gradient starts the
+        # average; a non-finite gradient leaves mu as it was.
+        torch.lerp(finite, cand, started, out=cand)
+        torch.lerp(mu, cand, ok, out=mu)
+        torch.maximum(started, ok, out=started)
         torch.mul(mu, lamb, out=tmp)
         g.add_(tmp)
 
@@ -240,20 +253,22 @@ class MAFilter(_Filter):
 
     def _apply(self, g: torch.Tensor, buf: dict[str, torch.Tensor], lamb: float) -> None:
         queue, total, pos, count, g64, mean = (buf[k] for k in ("queue", "total", "pos", "count", "g64", "mean"))
-        ok = torch.isfinite(g).all()
+        ok, finite = _finite_flag(g)
         slot = pos.view(1)
-        oldest = queue.index_select(0, slot).view(-1)   # zeros while the queue is filling
-        g64.copy_(g)
-        new_total = total + g64 - oldest.double()       # exact while float64 holds the sums exactly
-        torch.where(ok, new_total, total, out=total)
-        queue.index_copy_(0, slot, torch.where(ok, g, oldest).view(1, -1))
+        oldest = queue.index_select(0, slot).view(-1)    # zeros while the queue is filling
+        g64.copy_(finite)
+        g64.sub_(oldest)                                  # in float64 (an out= float64 would compute in float32)
+        g64.mul_(ok)                                      # a non-finite gradient changes nothing
+        total.add_(g64)                                   # exact while float64 holds the sums exactly
+        queue.index_copy_(0, slot, torch.lerp(oldest, finite, ok).view(1, -1))
         step = ok.long()
         torch.remainder(pos + step, self.window, out=pos)
         torch.clamp(count + step, max=self.window, out=count)
         torch.div(total, self.window, out=g64)
         mean.copy_(g64)
-        full = count >= self.window
-        torch.where(full, g + lamb * mean, g, out=g)
+        mean.mul_(lamb)
+        mean.mul_((count >= self.window).to(mean.dtype))  # gradients pass unchanged until the queue is full
+        g.add_(mean)
 
 
 def make_filter(kind: str, *, alpha: float = 0.98, window: int = 100) -> _Filter:
