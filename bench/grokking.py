@@ -154,7 +154,8 @@ def main() -> None:
         for kind in ("ema", "ma"):
             cost = min(alone[kind])
             print(f"  {kind}: fastest round {min(times[kind]) * 1000:.1f} ms (ratio {min(times[kind]) / fastest:.3f}); "
-                  f"the filter alone {cost * 1000:.2f} ms/call -> (step + filter) / step = {(fastest + cost) / fastest:.3f}")
+                  f"the filter alone {cost * 1000:.2f} ms/call -> (step + filter) / step = "
+                  f"{(fastest + cost) / fastest:.3f}")
 
 
 if __name__ == "__main__":

@@ -120,7 +120,8 @@ class GrokfastConfig(Section):
     filter: Literal["ema", "ma"] = Field("ema", description="ema: exponential moving average; ma: moving "
                                          "average of the last `window` gradients")
     alpha: float = Field(0.98, gt=0, lt=1, description="ema: momentum of the average (0.98: ~50-step memory)")
-    window: int = Field(100, ge=1, le=10_000, description="ma: gradients kept (memory: `window` gradient-sized buffers)")
+    window: int = Field(100, ge=1, le=10_000,
+                        description="ma: gradients kept (memory: `window` gradient-sized buffers)")
     lamb: float | LambWarmup | list[tuple[int, float]] = Field(
         2.0, description="amplification of the slow gradient: a number in [0, 100], {warmup: steps, value: v}, "
                          "or [[step, value], ...] breakpoints (linear between them)")

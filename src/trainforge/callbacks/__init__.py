@@ -7,9 +7,8 @@ from .progress import ProgressBar
 
 
 def default_callbacks(cfg, callbacks: list) -> list:
-    """The built-in callbacks a config asks for (progress bar, early stopping, gate, profiler,
-    Grokfast filter, milestones),
-    placed before the user's; one the user already passed is not added twice."""
+    """The built-in callbacks a config asks for (progress bar, early stopping, gate, Grokfast filter,
+    milestones, profiler), placed before the user's; one the user already passed is not added twice."""
     have = {type(cb) for cb in callbacks}
     defaults = []
     if cfg.log.progress and ProgressBar not in have:
@@ -33,4 +32,5 @@ def default_callbacks(cfg, callbacks: list) -> list:
     return defaults + list(callbacks)
 
 
-__all__ = ["default_callbacks", "EarlyStopping", "Gate", "Milestones", "ConsoleSink", "JsonlSink", "RunLogger", "ProgressBar"]
+__all__ = ["default_callbacks", "EarlyStopping", "Gate", "Milestones", "ConsoleSink", "JsonlSink", "RunLogger",
+           "ProgressBar"]
