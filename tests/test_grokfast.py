@@ -298,3 +298,19 @@ def test_sigkill_at_random_moments_then_resume_is_byte_identical(tmp_path, grokf
             break
     assert kills == 2
     assert final_weights(run_dir) == expected
+
+
+def test_filter_acts_once_per_optimizer_step_with_accumulation(tmp_path):
+    x, y = tiny_data(96)  # batch 16, accumulate 3: 2 optimizer steps per epoch
+    calls = []
+
+    class Counting(EMAFilter):
+        def __call__(self, params, lamb):
+            calls.append(lamb)
+            super().__call__(params, lamb)
+
+    gf = Grokfast("ema")
+    gf.filter = Counting(0.98)
+    cfg = run_cfg(tmp_path, "acc", max_epochs=2, grad={"accumulate": 3}, checkpoint={"enabled": False})
+    result = Trainer(tiny_mlp(), cfg, callbacks=[gf]).fit((x, y))
+    assert result.summary["steps"] == 4 and len(calls) == 4
