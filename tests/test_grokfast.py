@@ -314,3 +314,11 @@ def test_filter_acts_once_per_optimizer_step_with_accumulation(tmp_path):
     cfg = run_cfg(tmp_path, "acc", max_epochs=2, grad={"accumulate": 3}, checkpoint={"enabled": False})
     result = Trainer(tiny_mlp(), cfg, callbacks=[gf]).fit((x, y))
     assert result.summary["steps"] == 4 and len(calls) == 4
+
+
+def test_half_precision_gradients_whose_sum_exceeds_the_dtype_still_count_as_finite():
+    p = nn.Parameter(torch.zeros(4, dtype=torch.float16))
+    f = EMAFilter(0.5)
+    p.grad = torch.full((4,), 60000.0, dtype=torch.float16)  # sum 240,000 > float16's 65,504
+    f([p], 0.0)
+    assert f.buffers[0]["started"].item() == 1.0 and torch.equal(f.buffers[0]["mu"], p.grad)

@@ -189,10 +189,12 @@ class _Filter:
 
 def _finite_flag(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(1.0 if every element of ``g`` is finite else 0.0 — on the device, in ``g``'s dtype; ``g`` with
-    its non-finite elements replaced by 0). A NaN or inf propagates through the sum (a sum that
-    overflows counts as non-finite too); ``torch.where`` and ``isfinite().all()`` would cost ten
-    times as much on a CPU. The flag blends through ``lerp`` and multiplies, never a host read."""
-    ok = torch.isfinite(g.sum()).to(g.dtype)
+    its non-finite elements replaced by 0). A NaN or inf propagates through the sum (accumulated in
+    float32 at least, so half-precision gradients do not overflow it; a float32 sum beyond 3e38
+    counts as non-finite); ``torch.where`` and ``isfinite().all()`` cost several times as much on a
+    CPU, where they are not vectorised. The flag blends through ``lerp`` and multiplies, never a
+    host read."""
+    ok = torch.isfinite(g.sum(dtype=torch.promote_types(g.dtype, torch.float32))).to(g.dtype)
     return ok, torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
 
 
