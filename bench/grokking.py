@@ -41,17 +41,20 @@ PAPER = {"baseline": 39_890, "ema": 910, "ma": 790}
 def train(name: str, runs: Path, overrides: list[str], reuse: bool) -> dict:
     run_dir = runs / name
     result_path = run_dir / "result.json"
+    cpu = None
     if not (reuse and result_path.is_file()):
         cfg = load_config(ROOT / "configs" / RUNS[name], ["log.progress=false", "log.sinks=[jsonl]", *overrides],
                           run_dir=str(run_dir))
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         run_config(cfg, report=False, quiet=True)
-        print(f"  {name}: trained in {time.perf_counter() - started:.1f} s", flush=True)
+        # CPU seconds of this process: with one thread, about the wall time the run takes on an idle core.
+        cpu = time.process_time() - cpu_started
+        print(f"  {name}: trained in {time.perf_counter() - started:.1f} s wall, {cpu:.1f} s CPU", flush=True)
     result = json.loads(result_path.read_text())
     hit = (result.get("milestones") or {}).get("val/accuracy")
     return {"name": name, "run_dir": str(run_dir), "steps": hit["step"] if hit else None,
             "wall_time": hit["wall_time"] if hit else None, "total_steps": result["summary"]["steps"],
-            "stopped_reason": result["stopped_reason"]}
+            "stopped_reason": result["stopped_reason"], "cpu": cpu}
 
 
 def step_times(kinds: list[str], rounds: int, steps: int) -> dict[str, list[float]]:
@@ -121,12 +124,13 @@ def main() -> None:
 
     results = {name: train(name, Path(args.runs), args.overrides, args.reuse) for name in wanted_runs}
     if results:
-        print("\n| run | steps to 95 % val acc | wall s to 95 % | paper (steps) | stopped |")
-        print("|---|---|---|---|---|")
+        print("\n| run | steps to 95 % val acc | wall s to 95 % | CPU s of the run | paper (steps) | stopped |")
+        print("|---|---|---|---|---|---|")
         for r in results.values():
             steps = f"{r['steps']:,}" if r["steps"] is not None else f"not reached in {r['total_steps']:,}"
             wall = f"{r['wall_time']:.1f}" if r["wall_time"] is not None else "-"
-            print(f"| {r['name']} | {steps} | {wall} | {PAPER[r['name']]:,} | {r['stopped_reason']} |")
+            cpu = f"{r['cpu']:.1f}" if r["cpu"] is not None else "-"
+            print(f"| {r['name']} | {steps} | {wall} | {cpu} | {PAPER[r['name']]:,} | {r['stopped_reason']} |")
         base = results.get("baseline", {}).get("steps")
         for name in ("ema", "ma"):
             steps = results.get(name, {}).get("steps")
