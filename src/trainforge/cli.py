@@ -74,7 +74,7 @@ def build_parser() -> Parser:
 
     d = sub.add_parser("demo", help="run a recipe end to end (default: graph_walks)",
                        description="Run a built-in recipe end to end and write its report.")
-    d.add_argument("name", nargs="?", default="graph_walks", help="graph_walks (default), char_lm or digits")
+    d.add_argument("name", nargs="?", default="graph_walks", help="graph_walks (default), grokking, char_lm or digits")
     overrides(d)
 
     rep = sub.add_parser("report", help="draw report.png for one or more runs (overlaid)",
@@ -82,6 +82,10 @@ def build_parser() -> Parser:
                                      "throughput; several run dirs are overlaid on one figure.")
     rep.add_argument("run_dirs", nargs="+", help="one or more run directories")
     rep.add_argument("--out", help="output PNG path (default: RUN_DIR/report.png of the first run)")
+    scale = rep.add_mutually_exclusive_group()
+    scale.add_argument("--log-steps", dest="log_steps", action="store_true", default=None,
+                       help="log-scale step axis (default: when the runs' lengths differ tenfold or more)")
+    scale.add_argument("--linear-steps", dest="log_steps", action="store_false", help="linear step axis")
 
     c = sub.add_parser("checkpoints", help="list a run's checkpoints",
                        description="List checkpoints: name, step, epoch, monitored value, size, pinned, valid.")
@@ -210,7 +214,8 @@ def finish(result: Any, cfg: Any) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import ReportError, write_report
     try:
-        path = write_report([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None)
+        path = write_report([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None,
+                            log_steps=args.log_steps)
     except ReportError as e:
         raise BadInput(f"trainforge report: {e}") from None
     print(path)

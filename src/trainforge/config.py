@@ -9,12 +9,13 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -36,6 +37,9 @@ class OptimizerConfig(Section):
     nesterov: bool = Field(False, description="sgd only: Nesterov momentum")
     fused: bool | None = Field(None, description="PyTorch's fused kernel; null: where the parameters allow "
                                "(then a non-finite step is dropped on the device, with no host sync)")
+    decay_all: bool = Field(False, description="weight decay on every parameter (biases, norms, embeddings "
+                            "too), as torch.optim.Adam(model.parameters(), weight_decay=...) does; "
+                            "default: tensors of 2+ dims only")
 
     @field_validator("betas")
     @classmethod
@@ -238,6 +242,50 @@ class LossConfig(Section):
         return self
 
 
+class LambWarmup(Section):
+    """Grokfast ``lamb`` rising linearly from 0 at step 0 to ``value`` at step ``warmup``."""
+
+    warmup: int = Field(..., ge=1, le=100_000_000, description="optimizer steps to reach `value`")
+    value: float = Field(..., ge=0, le=100, allow_inf_nan=False, description="lamb after the warmup")
+
+
+class GrokfastConfig(Section):
+    """Grokfast gradient filter (Lee et al. 2024); see docs/grokfast.md."""
+
+    filter: Literal["ema", "ma"] = Field("ema", description="ema: exponential moving average; ma: moving "
+                                         "average of the last `window` gradients")
+    alpha: float = Field(0.98, gt=0, lt=1, description="ema: momentum of the average (0.98: ~50-step memory)")
+    window: int = Field(100, ge=1, le=10_000,
+                        description="ma: gradients kept (memory: `window` gradient-sized buffers)")
+    lamb: float | LambWarmup | list[tuple[int, float]] = Field(
+        2.0, description="amplification of the slow gradient: a number in [0, 100], {warmup: steps, value: v}, "
+                         "or [[step, value], ...] breakpoints (linear between them)")
+
+    @field_validator("lamb", mode="before")
+    @classmethod
+    def _lamb_form(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("must be a number, {warmup, value} or a list of [step, value]")
+        if isinstance(v, (int, float)):
+            if not (math.isfinite(v) and 0 <= v <= 100):
+                raise ValueError("must be a finite number in [0, 100]")
+        elif isinstance(v, (list, tuple)):
+            points = []
+            for item in v:
+                if not (isinstance(item, (list, tuple)) and len(item) == 2):
+                    raise ValueError(f"breakpoints must be [step, value] pairs, got {item!r}")
+                step, value = item
+                if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                    raise ValueError(f"breakpoint step must be an integer >= 0, got {step!r}")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                        math.isfinite(value) and 0 <= value <= 100):
+                    raise ValueError(f"breakpoint value must be a finite number in [0, 100], got {value!r}")
+                points.append(step)
+            if not points or any(b <= a for a, b in zip(points, points[1:])):
+                raise ValueError("breakpoints: give at least one [step, value], steps strictly increasing")
+        return v
+
+
 GATE_OPS = (">=", "<=", ">", "<")
 
 
@@ -303,6 +351,12 @@ class TrainConfig(Section):
     gate: dict[str, str] | None = Field(None, description="{metric: '> 0.95', ...}; all must hold to pass")
     bitnet: BitNetConfig | None = Field(None, description="BitNet quantization-aware training; null = dense")
     loss: LossConfig | None = Field(None, description="the training loss; null = the task's default")
+    grokfast: GrokfastConfig | None = Field(None, description="Grokfast gradient filter; null: off")
+    milestones: dict[str, float | str] | None = Field(
+        None, description="{metric: threshold}: the first step, epoch and wall time each is reached go to "
+                          "result.json; a number means >=, or give a condition such as '<= 0.1'")
+    stop_on_milestone: str | list[str] | None = Field(
+        None, description="end the run when this milestone (or all of these) is reached")
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -331,6 +385,32 @@ class TrainConfig(Section):
     def _gate_conditions(cls, v: dict[str, str] | None) -> dict[str, str] | None:
         for cond in (v or {}).values():
             parse_condition(cond)
+        return v
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestone_thresholds(cls, v: dict[str, float | str] | None) -> dict[str, float | str] | None:
+        for name, spec in (v or {}).items():
+            if not name.strip():
+                raise ValueError("a milestone needs a metric name")
+            if isinstance(spec, str):
+                _, threshold = parse_condition(spec)
+            else:
+                threshold = spec
+            if not math.isfinite(threshold):
+                raise ValueError(f"threshold of {name!r} must be finite, got {spec!r}")
+        return v
+
+    @field_validator("stop_on_milestone")
+    @classmethod
+    def _stop_names_a_milestone(cls, v: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:
+        names = [v] if isinstance(v, str) else list(v or [])
+        if v is not None and not names:
+            raise ValueError("name at least one milestone (or null)")
+        known = info.data.get("milestones") or {}
+        for name in names:
+            if name not in known:
+                raise ValueError(f"{name!r} is not a milestone (milestones: {', '.join(known) or 'none'})")
         return v
 
     @model_validator(mode="after")
@@ -380,10 +460,11 @@ def recipe_defaults_under(defaults: dict[str, Any], user: dict[str, Any]) -> dic
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """``top`` over ``base``, section by section (a gate is replaced whole: its conditions go together)."""
+    """``top`` over ``base``, section by section. A gate or grokfast section is replaced whole: its
+    conditions go together (an MA filter must not inherit the default EMA's settings)."""
     out = copy.deepcopy(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("gate",):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("gate", "grokfast"):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

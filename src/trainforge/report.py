@@ -57,6 +57,7 @@ class RunData:
     stopped_reason: str | None = None
     gate_failure_reason: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    milestones: dict[str, Any] = field(default_factory=dict)  # metric -> {threshold, step, ...} or None
 
     @property
     def finished(self) -> bool:
@@ -152,6 +153,7 @@ def load_run(run_dir: Path | str) -> RunData:
         stopped_reason=result.get("stopped_reason"),
         gate_failure_reason=result.get("gate_failure_reason"),
         config=result.get("config") or {},
+        milestones=result.get("milestones") or {},
     )
 
 
@@ -297,19 +299,42 @@ def _draw_clip(ax: Axes, runs: list[RunData]) -> list[Line2D]:
             for clip in sorted(c for c in clips if isinstance(c, (int, float)))]
 
 
+def _draw_milestones(ax: Axes, runs: list[RunData], metrics: list[str]) -> list[Line2D]:
+    """A run's milestones on the panel of their metric: a dotted vertical line in the run's colour
+    at the step it was reached, and a marker at (step, threshold)."""
+    lines: list[Line2D] = []
+    for ri, run in enumerate(runs):
+        color = RUN_COLORS[ri % len(RUN_COLORS)]
+        for metric, hit in run.milestones.items():
+            if metric not in metrics or not isinstance(hit, dict) or "step" not in hit:
+                continue
+            step, threshold = hit["step"], hit.get("threshold")
+            label = f"{run.name}: {metric} {hit.get('op', '>=')} {threshold:g} at step {step:,}" \
+                if isinstance(threshold, (int, float)) else f"{run.name}: {metric} at step {step:,}"
+            ax.axvline(step, color=color, linestyle=":", linewidth=1.6, zorder=1, gid="milestone")
+            if isinstance(threshold, (int, float)):
+                ax.plot([step], [threshold], marker="*", markersize=11, color=color, zorder=4, gid="milestone")
+            lines.append(Line2D([], [], color=color, linestyle=":", marker="*", label=label))
+    return lines
+
+
 def _finish_axes(ax: Axes, panel: Panel, runs: list[RunData], metrics: list[str], xmax: int,
-                 refs: list[Line2D]) -> None:
+                 refs: list[Line2D], log_steps: bool = False) -> None:
     ax.set_title(panel.title, fontsize=12, loc="left")
-    ax.set_xlabel("optimizer step")
+    ax.set_xlabel("optimizer step" + (" (log scale)" if log_steps else ""))
     ax.set_ylabel(metrics[0] if len(metrics) == 1 else panel.ylabel)
-    ax.set_xlim(0, max(xmax, 1))
+    if log_steps:
+        ax.set_xscale("log")
+        ax.set_xlim(1, max(xmax, 10))
+    else:
+        ax.set_xlim(0, max(xmax, 1))
     ax.grid(True, alpha=0.3)
     values = np.concatenate([r.curves[m][1] for r in runs for m in metrics if m in r.curves])
     values = values[np.isfinite(values)]
     ax.xaxis.set_major_formatter(TICK_FORMAT)
     if panel.bounded and values.size and values.min() >= 0 and values.max() <= 1:
         # Zoom to the data and the gate lines: 0.953 vs 0.957 must be told apart, not squashed at the top.
-        levels = np.concatenate([values, [float(line.get_ydata()[0]) for line in refs]])
+        levels = np.concatenate([values, [float(line.get_ydata()[0]) for line in refs if line.get_gid() == "gate"]])
         low, high = float(levels.min()), float(levels.max())
         pad = max((high - low) * 0.08, 0.004)
         ax.set_ylim(max(low - pad, -0.02), min(high + pad, 1.02))
@@ -357,8 +382,23 @@ def _run_label(run: RunData, settings: str = "") -> str:
     return name if run.finished else f"{name} (running)"
 
 
-def build_figure(runs: list[RunData]) -> Figure:
-    """One panel per metric family present in any run, runs overlaid one colour each."""
+def _last_step(run: RunData) -> int:
+    return max((int(steps[-1]) for steps, _ in run.curves.values() if len(steps)), default=0)
+
+
+def wants_log_steps(runs: list[RunData]) -> bool:
+    """Runs whose lengths differ tenfold or more (a baseline and its accelerated version): only a
+    log-scale step axis shows both."""
+    ends = [e for e in map(_last_step, runs) if e > 0]
+    return len(ends) > 1 and max(ends) / min(ends) >= 10
+
+
+def build_figure(runs: list[RunData], log_steps: bool | None = None) -> Figure:
+    """One panel per metric family present in any run, runs overlaid one colour each.
+    ``log_steps``: a log-scale step axis (None: when the runs' lengths differ tenfold or more).
+    Milestones recorded in result.json are marked on their metric's panel."""
+    if log_steps is None:
+        log_steps = wants_log_steps(runs)
     names = sorted({m for r in runs for m in r.curves}, key=lambda n: (n != "train/loss", n))
     taken: set[str] = set()
     panels = [(p, ms) for p in PANELS if (ms := _panel_metrics(p, names, taken))]
@@ -379,7 +419,8 @@ def build_figure(runs: list[RunData]) -> Figure:
                     style = LINESTYLES[mi % len(LINESTYLES)]
                     _plot_metric(ax, run, metric, color, style, f"{_run_label(run)}: {metric}", panel.smoothed)
         refs = _draw_gates(ax, runs, metrics) + (_draw_clip(ax, runs) if metrics == ["grad/norm"] else [])
-        _finish_axes(ax, panel, runs, metrics, xmax, refs)
+        refs += _draw_milestones(ax, runs, metrics)
+        _finish_axes(ax, panel, runs, metrics, xmax, refs, log_steps)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     _add_titles(fig, runs)
@@ -406,8 +447,9 @@ def _add_titles(fig: Figure, runs: list[RunData]) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def write_report(run_dirs: list[Path | str], out: Path | str | None = None) -> Path:
-    """Draw ``report.png`` for one or more run directories; return its path.
+def write_report(run_dirs: list[Path | str], out: Path | str | None = None, *, log_steps: bool | None = None) -> Path:
+    """Draw ``report.png`` for one or more run directories; return its path. ``log_steps``: see
+    :func:`build_figure`.
 
     ``out`` defaults to ``report.png`` in the first run directory; a directory means
     ``report.png`` inside it."""
@@ -417,7 +459,7 @@ def write_report(run_dirs: list[Path | str], out: Path | str | None = None) -> P
     out = Path(out) if out is not None else runs[0].path / "report.png"
     if out.is_dir():
         out = out / "report.png"
-    fig = build_figure(runs)
+    fig = build_figure(runs, log_steps)
     out.parent.mkdir(parents=True, exist_ok=True)
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)

@@ -27,8 +27,12 @@ def can_fuse(model: nn.Module) -> bool:
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     """From an OptimizerConfig. Fused where the parameters allow (``fused: null``): one kernel over
     all parameters, and it can drop a non-finite step on the device (``found_inf``), so the loop
-    never waits for the device to learn whether a step was finite."""
-    groups = param_groups(model, cfg.weight_decay)
+    never waits for the device to learn whether a step was finite. ``decay_all``: one group, every
+    parameter decayed (as ``torch.optim.Adam(model.parameters(), weight_decay=...)`` does)."""
+    if getattr(cfg, "decay_all", False):
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": cfg.weight_decay}]
+    else:
+        groups = param_groups(model, cfg.weight_decay)
     fused = can_fuse(model) if cfg.fused is None else cfg.fused
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)

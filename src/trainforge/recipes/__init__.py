@@ -7,7 +7,7 @@ from types import ModuleType
 
 from ..config import ConfigError
 
-RECIPES = ("graph_walks", "char_lm", "digits")
+RECIPES = ("graph_walks", "char_lm", "digits", "grokking")
 
 
 def load_recipe(name: str) -> ModuleType:
