@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trainforge import Callback
+
 
 def tiny_data(n: int = 64, d: int = 6, classes: int = 3, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
@@ -27,3 +29,14 @@ def quiet_cfg(tmp_path, **fields):
         else:
             base[k] = v
     return base
+
+
+class PreemptAt(Callback):
+    """Simulates SIGTERM arriving during step ``step`` (the handler only sets the flag)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_after_optimizer_step(self, trainer):
+        if trainer.state.counters.step == self.step:
+            trainer.request_preemption("SIGTERM")

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import quiet_cfg
+from helpers import PreemptAt, quiet_cfg
 from tiny_project import build_data, build_model
-from trainforge import Callback, ConfigError, Preempted, TrainConfig, Trainer
+from trainforge import ConfigError, Preempted, TrainConfig, Trainer
 from trainforge.quant import (BitLinear, convert_to_bitnet, export_bitnet, load_bitnet, pack_binary, pack_ternary,
                               quantization_regularizer, set_phase_in, ternary_sparsity, unpack_binary, unpack_ternary)
 from trainforge.recipes.gpt import GPT
@@ -216,15 +216,6 @@ def make_cfg(tmp_path, name, **fields):
     cfg = quiet_cfg(tmp_path, **{**base, **fields})
     cfg["run_dir"] = str(tmp_path / name)
     return TrainConfig.from_dict(cfg)
-
-
-class PreemptAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_after_optimizer_step(self, trainer):
-        if trainer.state.counters.step == self.step:
-            trainer.request_preemption("SIGTERM")
 
 
 def test_bitnet_run_logs_sparsity_lambda_and_regularizer(tmp_path):

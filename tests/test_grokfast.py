@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import quiet_cfg, tiny_data, tiny_mlp
+from helpers import PreemptAt, quiet_cfg, tiny_data, tiny_mlp
 from trainforge import Callback, Preempted, TrainConfig, Trainer
 from trainforge.config import ConfigError
 from trainforge.optim import EMAFilter, Grokfast, MAFilter, lamb_schedule
@@ -174,15 +174,6 @@ def test_the_filter_changes_training_and_decay_all_decays_every_parameter(tmp_pa
     opt = build_optimizer(tiny_mlp(), cfg.optimizer)
     assert len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == 0.01
     assert len(opt.param_groups[0]["params"]) == len(list(tiny_mlp().parameters()))
-
-
-class PreemptAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_after_optimizer_step(self, trainer):
-        if trainer.state.counters.step == self.step:
-            trainer.request_preemption("SIGTERM")
 
 
 @pytest.mark.parametrize("grokfast", [{"filter": "ema", "alpha": 0.9, "lamb": 2.0},

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import quiet_cfg
+from helpers import PreemptAt, quiet_cfg
 from tiny_project import build_data, build_model
-from trainforge import Callback, ConfigError, Preempted, TrainConfig, Trainer
+from trainforge import ConfigError, Preempted, TrainConfig, Trainer
 from trainforge.losses import (L1, MSE, CrossEntropy, Distillation, Focal, Huber, InfoNCE, MultiTask, build_loss,
                                focal_loss, info_nce, kd_kl)
 
@@ -146,15 +146,6 @@ def cfg_for(tmp_path, name, **fields):
 
 UNCERTAINTY = {"name": "multitask", "weighting": "uncertainty",
                "losses": {"ce": {"name": "cross_entropy"}, "focal": {"name": "focal", "gamma": 2.0}}}
-
-
-class PreemptAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_after_optimizer_step(self, trainer):
-        if trainer.state.counters.step == self.step:
-            trainer.request_preemption("SIGTERM")
 
 
 def test_uncertainty_weights_are_trained_saved_and_resumed_exactly(tmp_path):

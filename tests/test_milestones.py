@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import quiet_cfg, tiny_data, tiny_mlp
+from helpers import PreemptAt, quiet_cfg, tiny_data, tiny_mlp
 from trainforge import Callback, Preempted, TrainConfig, Trainer
 from trainforge.callbacks import Milestones
 from trainforge.config import ConfigError
@@ -76,15 +76,6 @@ def test_stop_on_milestone_ends_the_run(tmp_path):
     assert result.stopped_reason == "milestone reached: val/score >= 0.5 at step 8"
     assert result.summary["steps"] == 8
     assert result_json(c.run_dir)["milestones"]["val/score"]["step"] == 8
-
-
-class PreemptAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_after_optimizer_step(self, trainer):
-        if trainer.state.counters.step == self.step:
-            trainer.request_preemption("SIGTERM")
 
 
 def test_milestones_survive_a_resume_with_the_clock(tmp_path):

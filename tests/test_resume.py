@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import quiet_cfg
+from helpers import PreemptAt, quiet_cfg
 from tiny_project import build_data, build_model
-from trainforge import Callback, NonFiniteError, Preempted, TrainConfig, Trainer
+from trainforge import NonFiniteError, Preempted, TrainConfig, Trainer
 from trainforge.checkpoint import CheckpointManager
 from trainforge.snapshot import ResumeError
 
@@ -20,17 +20,6 @@ def make_cfg(tmp_path, name="run", **fields):
     cfg = quiet_cfg(tmp_path, **merged)
     cfg["run_dir"] = str(tmp_path / name)
     return TrainConfig.from_dict(cfg)
-
-
-class PreemptAt(Callback):
-    """Simulates SIGTERM arriving during step ``step`` (the handler only sets the flag)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_after_optimizer_step(self, trainer):
-        if trainer.state.counters.step == self.step:
-            trainer.request_preemption("SIGTERM")
 
 
 def weights(model):
