@@ -311,3 +311,15 @@ def test_a_second_fit_rebuilds_the_per_fit_parts(tmp_path):
     first = trainer.state.parts["schedule"]
     trainer.fit(train, val)
     assert trainer.state.parts["schedule"] is trainer.schedule is not first
+
+
+def test_bookkeeping_settings_may_change_on_resume_but_the_model_may_not():
+    from trainforge.snapshot import compare
+    old = TrainConfig.from_dict({"max_epochs": 2}).to_dict()
+    new = TrainConfig.from_dict({"max_epochs": 4, "milestones": {"val/accuracy": 0.9}, "sanity_check": False,
+                                 "optimizer": {"weight_decay": 0.1}}).to_dict()
+    state = {"w": torch.zeros(2, 2)}
+    meta = {"model_signature": {"w": [2, 2]}, "optimizer": "AdamW", "config": old}
+    blocking, allowed = compare({"config": new, "optimizer": "AdamW"}, state, meta)
+    assert {line.split(":")[0] for line in allowed} == {"max_epochs", "milestones", "sanity_check"}
+    assert [line.split(":")[0] for line in blocking] == ["optimizer.weight_decay"]

@@ -30,7 +30,7 @@ FORMAT = 2
 # Config fields a resume may change (reported, not refused): budgets, lr, logging, bookkeeping.
 RESUMABLE_CHANGES = ("run_dir", "max_epochs", "max_steps", "optimizer.lr", "log.", "checkpoint.", "validation.",
                      "early_stopping", "gate", "device", "num_workers", "compile", "schedule.total_steps", "data",
-                     "recipe_args.n_eval", "distributed.")
+                     "recipe_args.n_eval", "distributed.", "milestones", "stop_on_milestone", "sanity_check")
 
 
 class ResumeError(RuntimeError):
