@@ -323,3 +323,25 @@ def test_bookkeeping_settings_may_change_on_resume_but_the_model_may_not():
     blocking, allowed = compare({"config": new, "optimizer": "AdamW"}, state, meta)
     assert {line.split(":")[0] for line in allowed} == {"max_epochs", "milestones", "sanity_check"}
     assert [line.split(":")[0] for line in blocking] == ["optimizer.weight_decay"]
+
+
+def test_a_manual_step_acts_on_a_non_finite_loss_at_once(tmp_path):
+    """Trainer.step outside fit: the dropped update is counted, a skip warns and the next step
+    trains; under halt the NaN step raises."""
+    from trainforge import NonFiniteError
+    x, y = tiny_data(n=8)
+    model = tiny_mlp()
+    cfg = TrainConfig.from_dict(quiet_cfg(tmp_path, checkpoint={"enabled": False}))
+    trainer = Trainer(model, cfg)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.warns(UserWarning, match="non-finite loss at step 0.*step skipped"):
+        out = trainer.step((x * float("nan"), y))
+    assert out["loss"] != out["loss"]  # NaN reported
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # nothing applied
+    assert trainer.state.counters.weight_version == 0 and trainer.state.counters.skipped_steps == 1
+    trainer.step((x, y))
+    assert trainer.state.counters.weight_version == 1
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    halting = Trainer(tiny_mlp(), TrainConfig.from_dict(quiet_cfg(tmp_path, grad={"non_finite": "halt"})))
+    with pytest.raises(NonFiniteError, match="halting"):
+        halting.step((x * float("nan"), y))

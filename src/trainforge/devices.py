@@ -8,6 +8,8 @@ from typing import Any, Callable
 
 import torch
 
+from .config import ConfigError
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when there is one, else the CPU. A device this torch cannot use is refused
@@ -16,7 +18,6 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda":
-        from .config import ConfigError
         if not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else "built with CUDA but sees no GPU"
             raise ConfigError(f"field `device`: {name}, but this torch ({torch.__version__}) is {build}; "

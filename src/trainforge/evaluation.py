@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import torch
@@ -14,7 +15,7 @@ from .tasks import Task, batch_size_of
 
 
 def evaluate(model: nn.Module, task: Task, loader: Any, *, forward_model: nn.Module | None = None,
-             evaluators: list[Callable[[nn.Module], dict]] = (), autocast: Callable = None,
+             evaluators: list[Callable[[nn.Module], dict]] = (), autocast: Callable = contextlib.nullcontext,
              device: torch.device = torch.device("cpu"), max_batches: int | None = None, seed: int = 0,
              interrupted: Callable[[], bool] = lambda: False) -> dict[str, float]:
     """Task metrics over ``loader`` (if any) plus each evaluator's, in eval mode and no_grad.

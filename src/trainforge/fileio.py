@@ -55,3 +55,13 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
 def atomic_write_text(path: Path | str, text: str, encoding: str = "utf-8") -> None:
     """``atomic_write_bytes`` of ``text`` encoded as given; newlines are written as they are."""
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def human_size(n: int) -> str:
+    """Bytes for people: ``512 B``, ``8.2 KiB``, ``3.1 MiB``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

@@ -103,17 +103,6 @@ class StepGuard:
             optimizer.step()
 
 
-def is_finite(*values: torch.Tensor) -> bool:
-    """One host sync for all values: True when every one is finite."""
-    flags = [torch.isfinite(v.detach()).all() for v in values]
-    return bool(torch.stack(flags).all()) if flags else True
-
-
-def weights_finite(model: nn.Module) -> bool:
-    """One fused pass and one sync: the global norm is finite only if every weight is."""
-    return math.isfinite(float(total_norm([p.detach() for p in model.parameters()])))
-
-
 @dataclass
 class Verdict:
     """What the non-finite policy makes of a log interval that held a bad step (or bad weights)."""

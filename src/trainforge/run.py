@@ -45,20 +45,26 @@ def build_parts(cfg: TrainConfig) -> RecipeParts:
     return RecipeParts(model, train, val, cfg.task)
 
 
-def _call(ref: str, field_name: str, kwargs: dict[str, Any]) -> Any:
-    """Call the user's ``module:callable`` with ``{field_name}_args``. Arguments that do not fit its
-    signature are a config error naming the field; anything raised inside it is the user's code
-    failing, reported with the user's own frames."""
+def _call(ref: str, field_name: str, kwargs: dict[str, Any], seed: int | None = None) -> Any:
+    """Call the user's ``module:callable`` with ``{field_name}_args`` (and ``seed=`` when given and the
+    callable has that parameter, unless the args set it). Arguments that do not fit its signature are
+    a config error naming the field; anything raised inside it is the user's code failing, reported
+    with the user's own frames."""
     try:
         fn = import_object(ref)
     except ValueError as e:
         raise ConfigError(f"field `{field_name}`: {e}") from None
     try:
-        inspect.signature(fn).bind(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"field `{field_name}_args`: {ref} does not take {kwargs}: {e}") from None
-    except ValueError:  # no signature to check (a builtin): let the call say
-        pass
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to check (a builtin): let the call say
+        signature = None
+    if signature is not None:
+        if seed is not None and "seed" in signature.parameters and "seed" not in kwargs:
+            kwargs = {**kwargs, "seed": seed}  # the run's seed: a rerun (and a resume) sees the same data
+        try:
+            signature.bind(**kwargs)
+        except TypeError as e:
+            raise ConfigError(f"field `{field_name}_args`: {ref} does not take {kwargs}: {e}") from None
     try:
         return fn(**kwargs)
     except Exception as e:
@@ -71,21 +77,10 @@ def _data(cfg: TrainConfig) -> tuple[Any, Any]:
         from .data.spec import build_data
         spec = cfg.data if isinstance(cfg.data, DataSpec) else {"path": cfg.data}
         return build_data(spec, seed=cfg.seed)
-    args = dict(cfg.data_args)
-    if "seed" not in args and _takes_seed(cfg.data):
-        args["seed"] = cfg.seed  # the run's seed, so a rerun (and a resume) sees the same data
-    out = _call(cfg.data, "data", args)
+    out = _call(cfg.data, "data", dict(cfg.data_args), seed=cfg.seed)
     if isinstance(out, tuple) and len(out) == 2:
         return out
     return out, None
-
-
-def _takes_seed(ref: str) -> bool:
-    try:
-        fn = import_object(ref)
-        return "seed" in inspect.signature(fn).parameters
-    except (ValueError, TypeError):  # not importable (reported by _call) or no signature
-        return False
 
 
 def run_config(cfg: TrainConfig, *, resume: bool = False, callbacks: list[Callback] = (), report: bool = True,

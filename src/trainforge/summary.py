@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .fileio import human_size
+
 
 @dataclass
 class ModuleRow:
@@ -51,19 +53,12 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def _human_bytes(n: int) -> str:
-    for unit, size in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
 def format_summary(model: nn.Module) -> str:
     rows = summarize(model)
     header = ("module", "type", "trainable", "frozen", "size")
-    lines = [(r.name, r.kind, _human(r.trainable), _human(r.frozen), _human_bytes(r.bytes)) for r in rows]
+    lines = [(r.name, r.kind, _human(r.trainable), _human(r.frozen), human_size(r.bytes)) for r in rows]
     total = ModuleRow("total", "", sum(r.trainable for r in rows), sum(r.frozen for r in rows), sum(r.bytes for r in rows))
-    lines.append((total.name, "", _human(total.trainable), _human(total.frozen), _human_bytes(total.bytes)))
+    lines.append((total.name, "", _human(total.trainable), _human(total.frozen), human_size(total.bytes)))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
     out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]

@@ -11,6 +11,7 @@ regularizer); their parts are summed as tensors in ``task.loss_parts`` and logge
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -89,7 +90,6 @@ def _takes_attention_mask(model: nn.Module) -> bool:
     inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper takes anything
     kind = type(inner)
     if kind not in _MASK_ARG:
-        import inspect
         _MASK_ARG[kind] = "attention_mask" in inspect.signature(inner.forward).parameters
     return _MASK_ARG[kind]
 

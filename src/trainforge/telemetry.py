@@ -50,7 +50,7 @@ class Telemetry:
         if not self.meter.steps:
             return
         interval = self.meter.flush(self._probes(trainer) if log else {})
-        self._act_on_non_finite(trainer, interval)
+        self.act_on_non_finite(trainer, interval)
         state, kept = trainer.state, interval.kept
         state.record_many("train/loss", [interval.steps[i] for i in kept], [interval.losses[i] for i in kept])
         if not log:
@@ -87,7 +87,8 @@ class Telemetry:
                 self._memory = memory_stats()
         return probes
 
-    def _act_on_non_finite(self, trainer: "Trainer", interval: Interval) -> None:
+    def act_on_non_finite(self, trainer: "Trainer", interval: Interval) -> None:
+        """Reconcile the counters with the steps dropped on the device and apply the policy."""
         c = trainer.state.counters
         c.weight_version -= len(interval.dropped_at)
         verdict = judge(interval, self.policy, c.step)

@@ -326,10 +326,12 @@ class Trainer:
         return True
 
     def step(self, batch: Any) -> dict[str, float]:
-        """One optimizer step on one batch, outside ``fit`` (manual use; syncs to return the loss)."""
+        """One optimizer step on one batch, outside ``fit`` (manual use; syncs to return the loss). A
+        non-finite step is acted on at once, by the config's ``grad.non_finite`` policy."""
         self.model.train()
         self._train_step(iter([to_device(batch, self.device)]))
         interval = self.telemetry.meter.flush()
+        self.telemetry.act_on_non_finite(self, interval)
         return {"loss": interval.losses[-1], "lr": self.lr}
 
     def apply_lr(self) -> None:

@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
+from ..fileio import human_size
 from .layout import CheckpointInfo
-
-
-def _human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def format_checkpoint_table(infos: list[CheckpointInfo]) -> str:
@@ -24,7 +16,7 @@ def format_checkpoint_table(infos: list[CheckpointInfo]) -> str:
         str(i.step) if i.step >= 0 else "?",
         str(i.epoch) if i.epoch >= 0 else "?",
         f"{i.monitored:.6g}" if i.monitored is not None else "-",
-        _human_size(i.size_bytes),
+        human_size(i.size_bytes),
         "yes" if i.pinned else "no",
         "yes" if i.valid else "NO",
         i.reason or "",
