@@ -22,6 +22,7 @@ class BadInput(Exception):
 
 
 _RUN_DIR: list[Path] = []  # the run directory once a command knows it: where error.log goes
+_ARGV: list[str] = []  # the command line, for a launch through torchrun
 
 
 def note_run_dir(path: Any) -> None:
@@ -44,6 +45,14 @@ class Parser(argparse.ArgumentParser):
         raise BadInput(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+def launch_flags(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--nproc", type=bounded(int, 1, 1024), default=1,
+                     help="local worker processes, launched through torchrun (1: this process; see docs/distributed.md)")
+    cmd.add_argument("--max-restarts", type=bounded(int, 0, 1000), default=0,
+                     help="torchrun restarts the workers this many times after a failure; each resumes from the "
+                          "newest complete checkpoint (0 to 1000, default 0)")
+
+
 def build_parser() -> Parser:
     p = Parser(prog="trainforge", description="A PyTorch training engine: train, resume and inspect runs.")
     p.add_argument("--traceback", action="store_true", help="print the full traceback of any failure")
@@ -60,7 +69,7 @@ def build_parser() -> Parser:
                                    "use `trainforge resume RUN_DIR` to continue.")
     t.add_argument("config", help="path to a .yaml, .yml or .toml config")
     overrides(t)
-    t.add_argument("--nproc", type=bounded(int, 1, 1024), default=1, help="processes per node for distributed training (1: this process)")
+    launch_flags(t)
     t.add_argument("--resume", action="store_true", help="continue from the run dir's latest checkpoint if there is one")
 
     r = sub.add_parser("resume", help="continue a run from its latest valid checkpoint",
@@ -71,11 +80,13 @@ def build_parser() -> Parser:
                    help="change a resumable setting, e.g. --set max_epochs=20 (differences are reported)")
     r.add_argument("--allow-data-change", action="store_true",
                    help="resume although the training data changed since the checkpoint (recorded in result.json)")
+    launch_flags(r)
 
     d = sub.add_parser("demo", help="run a recipe end to end (default: graph_walks)",
                        description="Run a built-in recipe end to end and write its report.")
     d.add_argument("name", nargs="?", default="graph_walks", help="graph_walks (default), grokking, char_lm or digits")
     overrides(d)
+    launch_flags(d)
 
     rep = sub.add_parser("report", help="draw report.png for one or more runs (overlaid)",
                          description="Draw train loss, learning rate, validation metrics, gradient norm and "
@@ -140,10 +151,17 @@ def build_parser() -> Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The one outer handler: every failure becomes one message and an exit code (``failures``)."""
-    from .failures import report
+    """The one outer handler: every failure becomes one message and an exit code (``failures``).
+    Under torchrun each worker records its exit code, and only rank 0 prints (``distributed.launch``)."""
+    from .distributed.launch import in_worker, run_worker
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    return run_worker(_main, argv) if in_worker() else _main(argv)
+
+
+def _main(argv: list[str]) -> int:
+    from .failures import report
     _RUN_DIR.clear()
+    _ARGV[:] = argv
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
@@ -166,15 +184,28 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed.launch import restarted
     from .run import load_config, run_config
-    if args.nproc != 1:
-        raise BadInput("trainforge train: --nproc: distributed launch is not available in this version; use --nproc 1")
-    cfg = load_config(args.config, args.overrides, args.run_dir)
+    cfg = load_config(args.config, args.overrides, args.run_dir)  # checked once, before any worker starts
     note_run_dir(cfg.run_dir)
-    if not args.resume and _has_checkpoints(Path(cfg.run_dir)):
+    resume = args.resume or restarted()  # an elastic restart continues from the newest complete checkpoint
+    if not resume and _has_checkpoints(Path(cfg.run_dir)):
         raise BadInput(f"trainforge train: {cfg.run_dir} already holds a run with checkpoints; continue it with "
                        f"`trainforge resume {cfg.run_dir}` (or train --resume), or pass --run-dir for a new run")
-    return finish(run_config(cfg, resume=args.resume), cfg)
+    if _launching(args):
+        return _launch(args)
+    return finish(run_config(cfg, resume=resume), cfg)
+
+
+def _launching(args: argparse.Namespace) -> bool:
+    """--nproc > 1 or --max-restarts in this (launcher) process: the workers run under torchrun."""
+    from .distributed.launch import in_worker
+    return (args.nproc > 1 or args.max_restarts > 0) and not in_worker()
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from .distributed.launch import launch
+    return launch(_ARGV, args.nproc, args.max_restarts)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -184,6 +215,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise BadInput(f"trainforge resume: {args.run_dir} is not a run directory (no config.yaml)")
     note_run_dir(args.run_dir)
     cfg = load_config(config, args.overrides, args.run_dir)
+    if _launching(args):
+        return _launch(args)
     return finish(run_config(cfg, resume=True, allow_data_change=args.allow_data_change), cfg)
 
 
@@ -191,6 +224,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .run import resolve_config, run_config
     cfg = resolve_config({"recipe": args.name, "run_dir": f"runs/{args.name}"}, args.overrides, args.run_dir)
     note_run_dir(cfg.run_dir)
+    if _launching(args):
+        return _launch(args)
     # A demo continues its own run (an interrupted demo picks up where it stopped); a finished one
     # says so and points at its results.
     code = finish(run_config(cfg, resume=True), cfg)

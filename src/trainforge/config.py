@@ -132,10 +132,16 @@ class LogConfig(Section):
 
 
 class DistributedConfig(Section):
-    strategy: Literal["ddp", "fsdp", "none"] = Field("ddp", description="multi-process strategy (not available yet: "
-                                                      "--nproc 1 only)")
-    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: gloo on CPU, nccl on GPU")
+    """Multi-process training under torchrun (``trainforge train CONFIG --nproc N``; see docs/distributed.md).
+    Ignored in a single process. ``batch_size`` is per rank: the global batch is batch_size x world size."""
 
+    strategy: Literal["ddp", "fsdp", "none"] = Field(
+        "ddp", description="ddp: every rank holds the whole model, gradients all-reduced; fsdp: FSDP2 fully_shard "
+        "(parameters, gradients and optimizer state sharded per block); none: no process group even under torchrun")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: gloo on CPU, nccl on GPU")
+    timeout_s: float = Field(600.0, ge=1, le=86400, allow_inf_nan=False,
+                             description="seconds a collective may wait for the other ranks before the process "
+                             "group fails (a dead or stuck rank then ends the run instead of hanging it); 1 to 86400")
 
 class EarlyStoppingConfig(Section):
     monitor: str = Field("val/loss", description="the metric watched")
@@ -320,7 +326,8 @@ class TrainConfig(Section):
     max_epochs: int | None = Field(10, ge=1, le=10**6, description="in [1, 1e6]")
     max_steps: int | None = Field(None, ge=1, le=10**12, description="optimizer steps, in [1, 1e12]; the run ends "
                                   "at whichever comes first")
-    batch_size: int = Field(32, ge=1, le=2**24, description="in [1, 2**24]")
+    batch_size: int = Field(32, ge=1, le=2**24, description="samples per batch, in [1, 2**24]; under "
+                            "torchrun per rank (global batch = batch_size x world size)")
     num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes, in [0, 256]")
     shuffle: bool = Field(True, description="a new order each epoch, a pure function of (seed, epoch)")
     drop_last: bool = Field(False, description="drop a last, smaller batch of each epoch")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .data.loader import prepare_epoch
+from .distributed.reduce import sum_over_ranks
 from .devices import to_device
 from .state import capture_rng, restore_rng
 from .tasks import Task, batch_size_of
@@ -59,4 +60,5 @@ def _summed(model, task, loader, autocast, device, max_batches, seed, interrupte
             out = task.eval_step(model, to_device(batch, device))
         for k, v in out.items():
             sums[k] = sums[k] + v if k in sums else v
+    sums = sum_over_ranks(sums)  # distributed: each rank evaluated its slice; the metrics are the whole set's
     return task.summarize(sums) if sums else {}

@@ -68,7 +68,8 @@ def write_error_log(exc: BaseException, run_dir: Path | None, argv: Sequence[str
             f"python {sys.version.split()[0]} · {_versions()}\n\n"
             + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     targets = []
-    if run_dir is not None and Path(run_dir).is_dir():
+    from .distributed.context import is_main
+    if run_dir is not None and Path(run_dir).is_dir() and is_main():  # under torchrun rank 0 writes the run dir
         targets.append(Path(run_dir) / ERROR_LOG)
     targets.append(Path(tempfile.gettempdir()) / f"trainforge-error-{os.getpid()}.log")
     for path in targets:

@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from .config import ConfigError
+from .distributed.context import is_main
 from .fileio import atomic_write_text
 from .results import result_record, write_result
 from .runlock import RunLock
@@ -22,13 +23,19 @@ from .summary import format_summary
 
 
 class RunDirectory:
+    """Under torchrun only rank 0 writes (DESIGN invariant 8): on other ranks every method is a
+    no-op, the lock included (rank 0 holds it for the whole job; the others never open the directory)."""
+
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.lock: RunLock | None = None
         self.opened = False
+        self.writes = is_main()
 
     def take_lock(self) -> None:
         """Create the directory (a new run) and hold its lock for the whole run."""
+        if not self.writes:
+            return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
@@ -38,6 +45,8 @@ class RunDirectory:
 
     def open(self, config: Any, model: nn.Module, logger: Any) -> None:
         """The checks passed: from here on the directory is written."""
+        if not self.writes:
+            return
         self.opened = True
         if self.lock is not None:
             self.lock.record()

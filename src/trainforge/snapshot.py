@@ -19,6 +19,7 @@ import torch
 
 from .checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint
 from .data.fingerprint import changes as data_changes
+from .distributed.context import is_main, world_size
 from .gradients import NonFiniteError, total_norm
 from .state import Phase, TrainState
 
@@ -105,10 +106,24 @@ def compare(identity: dict[str, Any], model_state: dict[str, Any], meta: dict[st
     if meta["optimizer"] != identity["optimizer"]:
         blocking.append(f"optimizer type: checkpoint {meta['optimizer']}, run {identity['optimizer']}")
     allowed: list[str] = []
+    old_world, new_world = int(meta.get("world_size", 1)), int(identity.get("world_size", 1))
     for key, old, new in config_diff(meta["config"], identity["config"]):
         line = f"{key}: {old!r} -> {new!r}"
+        if key == "batch_size" and isinstance(old, int) and isinstance(new, int) and old * old_world == new * new_world:
+            # another world size with the same global batch: the global sample sequence continues exactly
+            allowed.append(f"{line} per rank at world size {old_world} -> {new_world} (global batch {old * old_world} kept)")
+            continue
         (allowed if key.startswith(RESUMABLE_CHANGES) else blocking).append(line)
+    if old_world != new_world and not any(k == "batch_size" for k, _, _ in config_diff(meta["config"], identity["config"])):
+        blocking.append(f"world size: checkpoint {old_world}, run {new_world} with the same per-rank batch_size, so the "
+                        f"global batch would change; set batch_size so that batch_size x world size = "
+                        f"{meta['config'].get('batch_size', 0) * old_world}")
     return blocking, allowed
+
+
+def identity_of(trainer: "Trainer") -> dict[str, Any]:
+    """The run's identity and the world size it runs at (a global batch is batch_size x world size)."""
+    return {**trainer.identity(), "world_size": world_size()}
 
 
 def config_diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -143,9 +158,13 @@ def save(trainer: "Trainer", name: str | None = None, *, pinned: bool = False) -
     c = trainer.state.counters
     previous = trainer.lifecycle.to(Phase.CHECKPOINTING)
     try:
-        payload = build_payload(trainer.state, trainer.identity())
-        path = trainer.checkpoints.save(name or f"step-{c.step:09d}", payload, step=c.step, epoch=c.epoch,
-                                        metrics=dict(trainer.state.metrics), pinned=pinned)
+        payload = build_payload(trainer.state, identity_of(trainer))  # every rank: per-rank parts are gathered
+        name = name or f"step-{c.step:09d}"
+        if is_main():  # under torchrun (DDP) rank 0 writes the checkpoint every rank's state is in
+            path = trainer.checkpoints.save(name, payload, step=c.step, epoch=c.epoch,
+                                            metrics=dict(trainer.state.metrics), pinned=pinned)
+        else:
+            path = trainer.checkpoints.directory / name
         trainer.last_checkpoint, trainer.last_checkpoint_step = str(path), c.step
     finally:
         trainer.lifecycle.to(previous)
@@ -174,7 +193,7 @@ def resume_run(trainer: "Trainer", resume_from: str | Path, *, allow_data_change
         if problem:
             raise ResumeError(f"cannot resume from {path}: {problem}")
     payload = upgrade(payload)
-    check(trainer.identity(), trainer.model.state_dict(), payload["meta"])
+    check(identity_of(trainer), trainer.model.state_dict(), payload["meta"])
     earlier = recorded_data_changes(Path(trainer.cfg.run_dir))  # kept across later resumes
     check_data(trainer, path, payload["meta"].get("data_fingerprint"), allow_data_change, payload["meta"].get("state"))
     if earlier:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -38,6 +38,9 @@ class Telemetry:
         self.extremes: tuple[torch.Tensor, torch.Tensor] | None = None  # verbose: set on logged steps
         self._last_health_check = -float("inf")
         self._memory: dict[str, float] = {}
+        # distributed: sums over ranks of a few host integers (set by distributed.attach), called once
+        # per interval, so the counts and throughput reported are the global batch's
+        self.reduce_counts: Callable[[list[int]], list[int]] | None = None
 
     def reset(self) -> None:
         """Forget the open interval (its steps were undone by a rollback)."""
@@ -49,6 +52,8 @@ class Telemetry:
         history, and (``log``) one train record to the sinks."""
         if not self.meter.steps:
             return
+        if self.reduce_counts is not None:
+            self._global_counts(trainer)
         interval = self.meter.flush(self._probes(trainer) if log else {})
         self.act_on_non_finite(trainer, interval)
         state, kept = trainer.state, interval.kept
@@ -70,6 +75,16 @@ class Telemetry:
             state.record(name, interval.steps[-1], value)
         trainer.logger.write({"kind": "train", "step": state.counters.step, "epoch": state.counters.epoch + 1,
                               "time": time.time(), **record}, plugin_values)
+
+    def _global_counts(self, trainer: "Trainer") -> None:
+        """The interval's samples and tokens summed over ranks (one small all-reduce per interval, as
+        every rank closes the same intervals); the counters follow. Batches stay global batches (each
+        rank read one slice of each)."""
+        m, c = self.meter, trainer.state.counters
+        local = [m.samples, m.tokens]
+        m.samples, m.tokens = self.reduce_counts(local)
+        c.samples_seen += m.samples - local[0]
+        c.tokens_seen += m.tokens - local[1]
 
     def _probes(self, trainer: "Trainer") -> dict[str, torch.Tensor]:
         """Device values read in the interval's one sync: gradient extremes (verbose) and, at most once

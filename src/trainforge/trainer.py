@@ -29,6 +29,7 @@ from .data.errors import DataError
 from .data.fingerprint import fingerprint
 from .data.loader import epoch_iterator, loader_for
 from .data.spec import data_files, fit_data
+from .distributed import attach as attach_distributed
 from .devices import autocast_factory, resolve_device, to_device
 from .events import Callback, CallbackList, Event, SkipBatch, overrides
 from .evaluation import Interrupted, evaluate
@@ -92,6 +93,7 @@ class Trainer:
         self.rundir = RunDirectory(self.cfg.run_dir)
         self._finished = False
         self._skip_reasons: dict[str, int] = {}
+        self.dist = attach_distributed(self, optimizer_given=optimizer is not None)  # torchrun: process group, DDP/FSDP
         for cb in callbacks:
             self.add_callback(cb)
 
@@ -292,6 +294,7 @@ class Trainer:
                     self._skip_reasons.get("skipped by a callback (SkipBatch)", 0) + 1)
                 end_pending = False
                 continue
+            self.dist.before_micro_batch(self, last=micro + 1 == accumulate)  # DDP no_sync but on the last
             with self.autocast():
                 out = self.task.train_step(self.forward_model, batch)
             # loss / N per micro-batch, so N micro-batches give the gradient of their mean (x / 1 == x: no kernel)
@@ -307,6 +310,7 @@ class Trainer:
         if micro == 0:
             return False
         loss = loss_sum if accumulate == 1 else loss_sum / accumulate
+        loss = self.dist.after_backward(self, loss)  # distributed: the mean over ranks (one scalar all-reduce)
         self.scaler.unscale_(self.optimizer)
         self._fire(Event.AFTER_BACKWARD)  # gradients complete and unscaled: filters act here
         norm = clip_gradients(self._params, self.cfg.grad.clip_norm, self.cfg.grad.clip_value)
@@ -465,7 +469,7 @@ class Trainer:
         cfg, run_dir = self.cfg, Path(self.cfg.run_dir)
         if run_dir.exists() and not run_dir.is_dir():
             raise ConfigError(f"field `run_dir`: {run_dir} exists and is not a directory; name a directory")
-        seed_everything(cfg.seed)
+        seed_everything(cfg.seed + self.dist.rank)  # distributed: each rank its own random streams
         self.train_loader = loader_for(train_data, cfg, train=True)
         self.val_loader = loader_for(val_data, cfg, train=False) if val_data is not None else None
         try:

@@ -150,7 +150,11 @@ class RunLogger:
 
 
 def build_sinks(cfg: Any, extra: list[Any] | None = None) -> list[Any]:
-    """Sinks named in ``cfg.log.sinks``; the optional trackers are imported only when asked for."""
+    """Sinks named in ``cfg.log.sinks``; the optional trackers are imported only when asked for. None
+    on a rank other than 0 under torchrun: only rank 0 logs."""
+    from ..distributed.context import is_main
+    if not is_main():
+        return []
     sinks: list[Any] = []
     for name in cfg.log.sinks:
         if name == "console":

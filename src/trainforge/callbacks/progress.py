@@ -26,7 +26,13 @@ class ProgressBar(Callback):
         epochs = f"/{trainer.cfg.max_epochs}" if trainer.cfg.max_epochs else ""
         self.bar = tqdm(total=total, initial=c.batch_in_epoch,
                         desc=f"epoch {c.epoch + 1}{epochs}", unit="batch", leave=False,
-                        dynamic_ncols=True, mininterval=0.25, file=sys.stderr)
+                        dynamic_ncols=True, mininterval=0.25, file=sys.stderr, disable=self._quiet())
+
+    @staticmethod
+    def _quiet() -> bool:
+        """Off on ranks other than 0 under torchrun."""
+        from ..distributed.context import is_main
+        return not is_main()
 
     def on_batch_end(self, trainer: "Trainer") -> None:
         if self.bar is not None:

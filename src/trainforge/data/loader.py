@@ -71,11 +71,53 @@ class ResumableSampler(Sampler[int]):
         start, stop = self._bounds()
         return stop - start
 
+    def index_batches(self) -> Iterator[torch.Tensor]:
+        """The epoch's batches of indices from the resume position on."""
+        start, stop = self._bounds()
+        order = self.order(self.epoch)[start:stop]
+        return iter(order.split(self.batch_size)) if len(order) else iter(())
+
     def state_dict(self) -> dict[str, int]:
         return {"seed": self.seed, "epoch": self.epoch, "skip_batches": self.skip_batches}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.seed, self.epoch, self.skip_batches = state["seed"], state["epoch"], state["skip_batches"]
+
+
+class RankBatchSampler(ResumableSampler):
+    """One rank's part of every *global* batch (a batch sampler: yields lists of indices).
+
+    The global batches are those of a single process with batch ``batch_size x world_size``: the same
+    order, a function of (seed, epoch) alone, whatever the world size. Rank r takes the r-th of
+    ``world_size`` contiguous slices of each, so 1 process with batch 2B and 2 processes with batch B
+    train on the same global batches. A short last global batch is split as evenly as possible (every
+    rank must make the same number of steps); one with fewer samples than ranks is dropped.
+    ``skip_batches`` counts global batches, which are also each rank's batches."""
+
+    def __init__(self, length: int, *, batch_size: int, rank: int, world_size: int, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        super().__init__(length, batch_size=batch_size * world_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.rank_batch_size, self.rank, self.world_size = batch_size, rank, world_size
+
+    def batches_per_epoch(self) -> int:
+        full, rest = divmod(self.length, self.batch_size)
+        return full + (1 if rest >= self.world_size and not self.drop_last else 0)
+
+    def _slice(self, batch: torch.Tensor) -> torch.Tensor:
+        base, extra = divmod(len(batch), self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return batch[start:start + base + (1 if self.rank < extra else 0)]
+
+    def index_batches(self) -> Iterator[torch.Tensor]:
+        return (self._slice(b) for b in super().index_batches())
+
+    def __iter__(self) -> Iterator[list[int]]:  # type: ignore[override]
+        return (b.tolist() for b in self.index_batches())
+
+    def __len__(self) -> int:
+        return max(self.batches_per_epoch() - self.skip_batches, 0)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -212,10 +254,14 @@ def make_loader(
     num_workers: int | None = None,
     drop_last: bool | None = None,
     pin_memory: bool | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> DataLoader:
     """A DataLoader with a ResumableSampler (map-style data), seeded workers, and our collate.
 
-    ``cfg`` (a TrainConfig) supplies defaults; keyword arguments override it.
+    ``cfg`` (a TrainConfig) supplies defaults; keyword arguments override it. In a process group of
+    several ranks (``rank``/``world_size`` default to it), ``batch_size`` is per rank and each rank
+    reads its slice of every global batch (``RankBatchSampler``).
     """
     def pick(value: Any, name: str, default: Any) -> Any:
         if value is not None:
@@ -232,10 +278,23 @@ def make_loader(
     common = dict(num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
                   worker_init_fn=seed_worker, generator=generator,
                   persistent_workers=False)
+    if rank is None or world_size is None:
+        from ..distributed.context import rank as _rank, world_size as _world
+        rank, world_size = (_rank(), _world()) if _process_group() else (0, 1)
     if isinstance(dataset, IterableDataset):
+        if world_size > 1:
+            raise ValueError("streamed (iterable) data is not split across ranks yet: under torchrun give a map-style "
+                             "dataset (an array, a token file, a Dataset with __len__), or run one process")
         if hasattr(dataset, "set_batch_size"):  # a stream deals whole batches to workers (streaming.py)
             dataset.set_batch_size(batch_size)
         return DataLoader(dataset, batch_size=batch_size, drop_last=pick(drop_last, "drop_last", False), **common)
+    if world_size > 1:
+        sampler = RankBatchSampler(len(dataset), batch_size=batch_size, rank=rank, world_size=world_size,
+                                   shuffle=pick(shuffle, "shuffle", True), seed=seed,
+                                   drop_last=pick(drop_last, "drop_last", False))
+        if type(dataset) is TensorData and num_workers == 0 and not pin_memory:
+            return TensorLoader(dataset, sampler, generator)
+        return DataLoader(dataset, batch_sampler=sampler, **common)
     sampler = ResumableSampler(len(dataset), batch_size=batch_size, shuffle=pick(shuffle, "shuffle", True),
                                seed=seed, drop_last=pick(drop_last, "drop_last", False))
     if type(dataset) is TensorData and num_workers == 0 and not pin_memory:
@@ -250,20 +309,18 @@ class TensorLoader:
 
     def __init__(self, dataset: TensorData, sampler: ResumableSampler, generator: torch.Generator):
         self.dataset, self.sampler, self.generator = dataset, sampler, generator
-        self.batch_size = sampler.batch_size
+        self.batch_size = getattr(sampler, "rank_batch_size", sampler.batch_size)
         self.num_workers, self.pin_memory = 0, False
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        s = self.sampler
-        start, stop = s._bounds()
-        order = s.order(s.epoch)[start:stop]
         tensors = self.dataset.tensors
-        for i in range(0, len(order), s.batch_size):
-            index = order[i:i + s.batch_size]
+        for index in self.sampler.index_batches():
             yield tuple(t[index] for t in tensors)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.sampler) / self.batch_size)
+        if isinstance(self.sampler, RankBatchSampler):
+            return len(self.sampler)
+        return math.ceil(len(self.sampler) / self.sampler.batch_size)
 
 
 def prepare_epoch(loader: "DataLoader | TensorLoader", seed: int, epoch: int, skip_batches: int = 0) -> bool:
@@ -274,7 +331,8 @@ def prepare_epoch(loader: "DataLoader | TensorLoader", seed: int, epoch: int, sk
     dataset = loader.dataset
     if hasattr(dataset, "set_epoch"):  # map-style too: random token windows are drawn per epoch
         dataset.set_epoch(epoch)
-    sampler = loader.sampler
+    sampler = loader.batch_sampler if isinstance(getattr(loader, "batch_sampler", None), RankBatchSampler) \
+        else loader.sampler
     if isinstance(sampler, ResumableSampler):
         sampler.set_epoch(epoch, skip_batches)
         return True
@@ -308,6 +366,7 @@ def loader_for(data: Any, cfg: Any, *, train: bool) -> "DataLoader | TensorLoade
     """The loader a run uses for ``data``: a given DataLoader as it is; anything else through
     ``make_loader`` (validation: in order, its own batch size, no workers)."""
     if isinstance(data, (DataLoader, TensorLoader)):
+        _check_split(data)
         return data
     if train:
         return make_loader(data, cfg)
@@ -327,3 +386,21 @@ def epoch_iterator(loader: "DataLoader | TensorLoader", seed: int, epoch: int, s
     for _ in range(skip):
         next(it, None)
     return it
+
+
+def _process_group() -> bool:
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized()
+
+
+def _check_split(loader: Any) -> None:
+    """A loader the user built is taken as it is; under several ranks it must split the data itself."""
+    if not _process_group():
+        return
+    import torch.distributed as dist
+    from torch.utils.data.distributed import DistributedSampler
+    split_ = (isinstance(getattr(loader, "batch_sampler", None), RankBatchSampler)
+              or isinstance(getattr(loader, "sampler", None), (RankBatchSampler, DistributedSampler)))
+    if dist.get_world_size() > 1 and not split_:
+        raise ValueError("under torchrun every rank would read the whole of this DataLoader: pass the Dataset "
+                         "(trainforge splits every global batch across ranks), or give the loader a DistributedSampler")
