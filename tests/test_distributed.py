@@ -1,0 +1,302 @@
+"""Distributed training under torchrun, on CPU with gloo and 2 processes.
+
+1 process with batch 2B equals 2 processes with per-rank batch B (DDP); only rank 0 writes the run
+directory and the metrics it reports are the reduced ones; resume at another world size keeps the
+global sample sequence; a killed rank is named and a resume (or an elastic restart) ends
+bit-identical to an uninterrupted run; a two-"node" c10d job equals the 2-process one.
+
+Each torchrun launch costs seconds, so one launch is checked for several things (module fixtures).
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+dist = pytest.importorskip("torch.distributed")
+if not (dist.is_available() and dist.is_gloo_available()):  # pragma: no cover
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+from trainforge.checkpoint import CheckpointManager, load_checkpoint  # noqa: E402
+from trainforge.cli import main  # noqa: E402
+from trainforge.data.loader import RankBatchSampler, ResumableSampler, make_loader  # noqa: E402
+
+HERE = Path(__file__).parent
+STEPS = 12
+
+
+def config(path: Path, run_dir: Path, **fields) -> Path:
+    """A tiny classification run: 144 training samples (9 global batches of 16 an epoch), 12 steps."""
+    base = {"run_dir": str(run_dir), "max_steps": STEPS, "batch_size": 8, "seed": 3,
+            "model": "dist_project:build_model", "model_args": {"dropout": 0.0},
+            "data": "dist_project:build_data", "optimizer": {"lr": 0.01},
+            "log": {"progress": False, "sinks": ["jsonl"], "every_steps": 4}, "checkpoint": {"every_steps": 6}}
+    base.update(fields)
+    path.write_text(json.dumps(base))  # JSON is YAML
+    return path
+
+
+def env(**extra) -> dict:
+    e = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+         "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    e.pop("TRAINFORGE_TEST_KILL", None)
+    return {**e, **extra}
+
+
+def cli(*args, extra_env=None, timeout=240) -> subprocess.CompletedProcess:
+    """``trainforge ARGS`` in a subprocess (a launch with --nproc runs torchrun under it)."""
+    return subprocess.run([sys.executable, "-m", "trainforge", *map(str, args)], env=env(**(extra_env or {})),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def in_process(capsys, monkeypatch, *args) -> int:
+    monkeypatch.syspath_prepend(str(HERE))
+    code = main([str(a) for a in args])
+    capsys.readouterr()
+    return code
+
+
+def weights(run_dir: Path, name: str | None = None) -> dict[str, torch.Tensor]:
+    path = run_dir / "checkpoints" / (name or f"step-{STEPS:09d}")
+    return load_checkpoint(path)["model"]
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def result(run_dir: Path) -> dict:
+    return json.loads((run_dir / "result.json").read_text())
+
+
+# --------------------------------------------------------------------------- the sampler, no processes
+def test_ranks_split_every_global_batch_as_one_process_with_the_global_batch():
+    """Rank slices of every global batch, concatenated, are the 1-process batches of size B x world;
+    a resume position (global batches) skips the same on every rank."""
+    for length, b, world in [(144, 8, 2), (50, 4, 3), (21, 5, 2)]:
+        one = ResumableSampler(length, batch_size=b * world, seed=7)
+        ranks = [RankBatchSampler(length, batch_size=b, rank=r, world_size=world, seed=7) for r in range(world)]
+        for epoch, skip in [(0, 0), (3, 2)]:
+            one.set_epoch(epoch, skip)
+            for s in ranks:
+                s.set_epoch(epoch, skip)
+            per_rank = [list(s) for s in ranks]
+            assert len({len(p) for p in per_rank}) == 1  # every rank makes the same number of steps
+            glued = [sum((p[i] for p in per_rank), []) for i in range(len(per_rank[0]))]
+            expected = [b.tolist() for b in one.index_batches()]
+            if len(expected[-1]) < world:  # too short to give every rank a sample: dropped
+                expected = expected[:-1]
+            assert glued == expected
+
+
+def test_bad_rank_is_refused():
+    with pytest.raises(ValueError, match="rank 2 is not in"):
+        RankBatchSampler(10, batch_size=2, rank=2, world_size=2)
+
+
+def test_make_loader_splits_by_the_given_rank():
+    x = torch.arange(40).float().unsqueeze(1)
+    loaders = [make_loader(x, batch_size=4, rank=r, world_size=2, seed=1) for r in range(2)]
+    whole = make_loader(x, batch_size=8, seed=1)
+    got = [torch.cat([a[0], b[0]]) for a, b in zip(*loaders)]
+    assert [g.flatten().tolist() for g in got] == [w[0].flatten().tolist() for w in whole]
+    assert len(loaders[0]) == len(whole) == 5
+
+
+# --------------------------------------------------------------------------- DDP = 1 process
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """For accumulate 1 and 2: a 1-process run with batch 16 and a 2-process DDP run with batch 8."""
+    root = tmp_path_factory.mktemp("ddp")
+    runs = {}
+    for acc in (1, 2):
+        one, two = root / f"one-acc{acc}", root / f"two-acc{acc}"
+        cfg1 = config(root / f"one{acc}.yaml", one, batch_size=16, grad={"accumulate": acc})
+        cfg2 = config(root / f"two{acc}.yaml", two, grad={"accumulate": acc})
+        p1 = cli("train", cfg1)
+        p2 = cli("train", cfg2, "--nproc", 2)
+        assert p1.returncode == 0, p1.stderr
+        assert p2.returncode == 0, p2.stderr
+        runs[acc] = (one, two, p2)
+    return runs
+
+
+@pytest.mark.parametrize("acc", [1, 2])
+def test_ddp_with_batch_b_equals_one_process_with_batch_2b(pair, acc):
+    one, two, _ = pair[acc]
+    assert max_diff(weights(one), weights(two)) <= 1e-6
+    assert max_diff(weights(one, "step-000000006"), weights(two, "step-000000006")) <= 1e-6
+    r1, r2 = result(one), result(two)
+    # acc 2: 9 global batches an epoch make 5 steps (the last of 1 batch), so 12 steps read 22 batches
+    assert r2["summary"]["samples_seen"] == r1["summary"]["samples_seen"] == {1: 12, 2: 22}[acc] * 16
+
+
+def test_the_summary_names_world_size_and_batches(pair):
+    err = pair[1][2].stderr
+    assert "world size 2 · per-rank batch 8 · accumulate 1 · global batch 16" in err
+    assert err.count("trainforge: finished") == 1  # rank 1 printed nothing
+
+
+def test_only_rank_0_writes_the_run_directory(pair):
+    """The 2-process run directory holds what the 1-process one holds, once: a second writer would
+    show as a file of its own, a duplicated line in metrics.jsonl or a second checkpoint set."""
+    one, two, _ = pair[1]
+    listing = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*"))  # noqa: E731
+    assert listing(two) == listing(one)
+    records = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert train_steps == [4, 8, 12]
+    assert not (two / "error.log").exists()
+
+
+def test_reported_metrics_are_reduced_over_ranks(pair, monkeypatch):
+    """result.json's validation loss and accuracy are those of the whole validation set (each rank
+    evaluated its half), computed here by hand from the final weights; the train loss is the global
+    batch's (equal to the 1-process run's)."""
+    monkeypatch.syspath_prepend(str(HERE))
+    import dist_project
+    one, two, _ = pair[1]
+    model = dist_project.build_model()
+    model.load_state_dict(weights(two))
+    model.eval()
+    _, val = dist_project.build_data(seed=3)  # the run passes its seed to the data function
+    x, y = val.tensors
+    with torch.no_grad():
+        logits = model(x)
+    loss = torch.nn.functional.cross_entropy(logits, y).item()
+    accuracy = (logits.argmax(1) == y).float().mean().item()
+    final = result(two)["summary"]["final"]
+    assert final["val/loss"] == pytest.approx(loss, rel=1e-5)
+    assert final["val/accuracy"] == pytest.approx(accuracy)
+    assert final["train/loss"] == pytest.approx(result(one)["summary"]["final"]["train/loss"], rel=1e-5)
+    # throughput counts the global batch's samples: batch 8 on each of 2 ranks
+    assert final["throughput/samples_per_s"] == pytest.approx(16 * final["throughput/batches_per_s"], rel=1e-6)
+
+
+# --------------------------------------------------------------------------- another world size
+def continue_from_step_6(src: Path, dst: Path) -> None:
+    """``dst``: ``src``'s run directory as it was at step 6 (its later checkpoint and result removed)."""
+    shutil.copytree(src, dst)
+    shutil.rmtree(dst / "checkpoints" / f"step-{STEPS:09d}")
+    (dst / "result.json").unlink()
+
+
+@pytest.mark.slow
+def test_two_process_checkpoint_resumes_on_one_and_back(pair, tmp_path, capsys, monkeypatch):
+    """2 -> 1 and 1 -> 2 with the global batch kept (batch_size 8 x 2 = 16 x 1): the global sample
+    sequence continues where it stopped, so each ends within 1e-6 of the uninterrupted run."""
+    one, two, _ = pair[1]
+    down, up = tmp_path / "down", tmp_path / "up"
+    continue_from_step_6(two, down)
+    assert in_process(capsys, monkeypatch, "resume", down, "--set", "batch_size=16") == 0
+    assert max_diff(weights(down), weights(one)) <= 1e-6
+    continue_from_step_6(one, up)
+    p = cli("resume", up, "--set", "batch_size=8", "--nproc", 2)
+    assert p.returncode == 0, p.stderr
+    assert "global batch 16 kept" in p.stderr
+    assert max_diff(weights(up), weights(two)) <= 1e-6
+
+
+def test_another_world_size_with_the_same_per_rank_batch_is_refused(pair, tmp_path, capsys, monkeypatch):
+    _, two, _ = pair[1]
+    down = tmp_path / "down"
+    continue_from_step_6(two, down)
+    before = sorted(p.name for p in down.rglob("*"))
+    monkeypatch.syspath_prepend(str(HERE))
+    code = main(["resume", str(down)])
+    err = capsys.readouterr().err
+    assert code == 2 and "world size: checkpoint 2, run 1" in err and "batch_size" in err
+    assert sorted(p.name for p in down.rglob("*")) == before
+
+
+# --------------------------------------------------------------------------- kill -9, restarts
+@pytest.fixture(scope="module")
+def with_dropout(tmp_path_factory):
+    """An uninterrupted 2-process run with dropout (so every rank's RNG stream matters)."""
+    root = tmp_path_factory.mktemp("dropout")
+    ref = root / "ref"
+    p = cli("train", config(root / "ref.yaml", ref, model_args={"dropout": 0.2}), "--nproc", 2)
+    assert p.returncode == 0, p.stderr
+    return root, ref
+
+
+@pytest.mark.slow
+def test_killed_rank_is_named_and_resume_is_bit_identical(with_dropout):
+    """Rank 1 is SIGKILLed at its 9th step (after the step-6 checkpoint): the job exits 1 naming rank
+    1; `trainforge resume --nproc 2` then ends bit-identical to the uninterrupted run."""
+    root, ref = with_dropout
+    run = root / "killed"
+    cfg = config(root / "killed.yaml", run, model_args={"dropout": 0.2})
+    p = cli("train", cfg, "--nproc", 2, extra_env={"TRAINFORGE_TEST_KILL": "1:9"})
+    assert p.returncode == 1, p.stderr
+    assert "rank 1 (running): died without exiting" in p.stderr
+    assert [i.name for i in CheckpointManager(run / "checkpoints", keep_last=None).list()] == ["step-000000006"]
+    p = cli("resume", run, "--nproc", 2)
+    assert p.returncode == 0, p.stderr
+    assert all(torch.equal(a, b) for a, b in zip(weights(run).values(), weights(ref).values()))
+
+
+@pytest.mark.slow
+def test_elastic_restart_finishes_with_the_uninterrupted_weights(with_dropout):
+    """Under --max-restarts 1 torchrun restarts the group after rank 1 is killed; every worker
+    resumes from the newest complete checkpoint by itself, and the run ends as the uninterrupted one."""
+    root, ref = with_dropout
+    run = root / "elastic"
+    cfg = config(root / "elastic.yaml", run, model_args={"dropout": 0.2})
+    p = cli("train", cfg, "--nproc", 2, "--max-restarts", 1, extra_env={"TRAINFORGE_TEST_KILL": "1:9"})
+    assert p.returncode == 0, p.stderr
+    assert "resuming from" in p.stderr and "step-000000006" in p.stderr
+    assert all(torch.equal(a, b) for a, b in zip(weights(run).values(), weights(ref).values()))
+
+
+@pytest.mark.slow
+def test_preemption_exits_75_through_torchrun_and_resumes(tmp_path):
+    """SIGTERM to `trainforge train --nproc 2`: torchrun passes it on, the ranks agree on the boundary,
+    rank 0 checkpoints, and the launcher exits 75 (not torchrun's 1)."""
+    run = tmp_path / "run"
+    cfg = config(tmp_path / "c.yaml", run, max_steps=400, model_args={"sleep": 0.02},
+                 checkpoint={"every_steps": 1000})
+    proc = subprocess.Popen([sys.executable, "-m", "trainforge", "train", str(cfg), "--nproc", "2"], env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err
+    assert "preempted by SIGTERM" in err
+    assert len(CheckpointManager(run / "checkpoints", keep_last=None).list()) == 1
+
+
+# --------------------------------------------------------------------------- two "nodes"
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_node_c10d_job_equals_the_two_process_run(pair, tmp_path):
+    """Two torchrun launches (--nnodes 2, c10d rendezvous on 127.0.0.1), one worker each."""
+    _, two, _ = pair[1]
+    run = tmp_path / "nodes"
+    cfg = config(tmp_path / "n.yaml", run)
+    port = free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "tf-test",
+           "-m", "trainforge", "train", str(cfg)]
+    nodes = [subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [n.communicate(timeout=240) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outs
+    assert max_diff(weights(run), weights(two)) <= 1e-6
