@@ -41,6 +41,9 @@ def expected(exc: BaseException) -> tuple[int, str] | None:
         return EXIT_FAILED, f"trainforge: run failed: {exc}"
     if isinstance(exc, (ConfigError, CheckpointError, ResumeError, DataError, RunDirLocked)):
         return EXIT_BAD_INPUT, f"trainforge: {exc}"
+    lost = _process_group_failure(exc)
+    if lost is not None:
+        return EXIT_FAILED, lost
     if isinstance(exc, UnicodeDecodeError):
         return EXIT_BAD_INPUT, f"trainforge: a file is not UTF-8 text ({exc.reason} at byte {exc.start})"
     if isinstance(exc, OSError):
@@ -50,6 +53,28 @@ def expected(exc: BaseException) -> tuple[int, str] | None:
             return EXIT_FAILED, f"trainforge: run failed: {what.lower()}{where}"
         return EXIT_BAD_INPUT, f"trainforge: {what.lower()}{where}"
     return None
+
+
+def _process_group_failure(exc: BaseException) -> str | None:
+    """A collective that failed under torchrun: another rank died (its connection closed) or stalled
+    past ``distributed.timeout_s``. This rank cannot know which one; the launcher (or torchrun's
+    summary) names it."""
+    try:
+        import torch.distributed as dist
+        from .distributed.context import rank
+    except ImportError:  # pragma: no cover
+        return None
+    dist_error = getattr(dist, "DistError", ())
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    text = str(exc)
+    if not (isinstance(exc, dist_error) or (isinstance(exc, RuntimeError) and any(
+            s in text for s in ("Connection closed by peer", "Connection reset", "Timed out", "timed out", "gloo",
+                                "NCCL")))):
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return (f"trainforge: rank {rank()}: the process group failed: another rank died or stalled longer than "
+            f"distributed.timeout_s ({first[:300]}); the run directory keeps its last complete checkpoint")
 
 
 def innermost(exc: BaseException) -> str:

@@ -125,6 +125,10 @@ class _Tail(io.TextIOBase):
         return "\n".join([*self.lines, self._open]).strip("\n")
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_worker(main: Callable[[list[str]], int], argv: list[str]) -> int:
     """Run the CLI as one torchrun worker: record the exit code; rank 0 speaks, the others keep
     their last lines and show them only when they fail."""
@@ -133,6 +137,9 @@ def run_worker(main: Callable[[list[str]], int], argv: list[str]) -> int:
     record = Path(exits) / f"rank{rank}.exit" if exits else None
     if record is not None:
         record.write_text("running\n")
+    # torchrun sends SIGTERM to the survivors when a rank dies; outside a fit (whose handler checkpoints)
+    # it ends this worker through the normal exit path, so its exit code is still recorded
+    signal.signal(signal.SIGTERM, _terminated)
     tail = _Tail() if rank != 0 else None
     saved = sys.stdout, sys.stderr
     if tail is not None:
