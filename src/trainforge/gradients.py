@@ -19,10 +19,19 @@ def grads_of(params: Iterable[nn.Parameter]) -> list[torch.Tensor]:
     return [p.grad for p in params if p.grad is not None]
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's global value as a plain tensor (FSDP shards: the norm over all of them, reduced
+    across ranks); a plain tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """Global L2 norm of all gradients, as a tensor (no host sync)."""
+    """Global L2 norm of all gradients, as a tensor (no host sync). Sharded (FSDP) tensors give the
+    norm over every shard, the same on all ranks."""
     if not grads:
         return torch.zeros(())
+    if hasattr(grads[0], "full_tensor"):
+        return _local(nn.utils.get_total_norm(grads, 2.0))
     norms = torch._foreach_norm(grads, 2.0)
     return torch.linalg.vector_norm(torch.stack([n.to(grads[0].device) for n in norms]), 2.0)
 
@@ -34,7 +43,7 @@ def clip_gradients(params: list[nn.Parameter], clip_norm: float | None, clip_val
         nn.utils.clip_grad_value_(params, clip_value)
     if clip_norm is not None:
         # Same call as a hand-written loop, so the result is bit-identical to one.
-        return nn.utils.clip_grad_norm_(params, clip_norm)
+        return _local(nn.utils.clip_grad_norm_(params, clip_norm))
     return total_norm(grads_of(params))
 
 

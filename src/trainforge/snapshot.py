@@ -20,6 +20,7 @@ import torch
 from .checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint
 from .data.fingerprint import changes as data_changes
 from .distributed.context import is_main, world_size
+from .distributed.sharded import by_index, to_index
 from .gradients import NonFiniteError, total_norm
 from .state import Phase, TrainState
 
@@ -89,6 +90,11 @@ def upgrade(payload: dict[str, Any]) -> dict[str, Any]:
 
 def restore_payload(state: TrainState, payload: dict[str, Any]) -> None:
     payload = upgrade(payload)
+    optimizer, saved = state.parts.get("optimizer"), payload["tensors"].get("optimizer")
+    if isinstance(optimizer, torch.optim.Optimizer) and isinstance(saved, dict) and not by_index(saved):
+        # an FSDP checkpoint keys the optimizer by parameter name; a plain optimizer loads by index
+        payload = {**payload, "tensors": {**payload["tensors"],
+                                          "optimizer": to_index(saved, state.parts["model"], optimizer)}}
     state.load_state_dict({"state": payload["meta"]["state"], "parts": {"model": payload["model"], **payload["tensors"]}})
 
 
@@ -160,9 +166,12 @@ def save(trainer: "Trainer", name: str | None = None, *, pinned: bool = False) -
     try:
         payload = build_payload(trainer.state, identity_of(trainer))  # every rank: per-rank parts are gathered
         name = name or f"step-{c.step:09d}"
-        if is_main():  # under torchrun (DDP) rank 0 writes the checkpoint every rank's state is in
-            path = trainer.checkpoints.save(name, payload, step=c.step, epoch=c.epoch,
-                                            metrics=dict(trainer.state.metrics), pinned=pinned)
+        record = dict(step=c.step, epoch=c.epoch, metrics=dict(trainer.state.metrics), pinned=pinned)
+        if getattr(trainer, "dist", None) is not None and trainer.dist.sharded:  # FSDP: every rank its shards
+            from .distributed import sharded
+            path = sharded.save(trainer, name, payload, **record)
+        elif is_main():  # under torchrun (DDP) rank 0 writes the checkpoint every rank's state is in
+            path = trainer.checkpoints.save(name, payload, **record)
         else:
             path = trainer.checkpoints.directory / name
         trainer.last_checkpoint, trainer.last_checkpoint_step = str(path), c.step

@@ -180,7 +180,12 @@ def write_files(tmp: Path, job: Job) -> None:
     write_synced(tmp / META_FILE, job.state_json)
     files = {f: seal(tmp / f) for f in (MODEL_FILE, STATE_FILE)}
     files[META_FILE] = seal(tmp / META_FILE)
-    # The manifest is written last: a directory holding one was finished.
+    for f in sorted(tmp.rglob("*")):  # files other writers put there first (every rank's shards)
+        name = f.relative_to(tmp).as_posix()
+        if f.is_file() and name not in files and name != MANIFEST_FILE:
+            files[name] = seal(f)
+    for d in sorted({f.parent for f in tmp.rglob("*") if f.is_file()} - {tmp}):
+        fsync_dir(d)    # The manifest is written last: a directory holding one was finished.
     write_synced(tmp / MANIFEST_FILE, json_bytes({**job.manifest, "files": files}))
     fsync_dir(tmp)
 
@@ -237,4 +242,8 @@ def load_checkpoint(path: Path | str) -> dict:
     state = read_json(path / META_FILE, path, META_FILE)
     if not isinstance(state, dict) or "meta" not in state:
         raise error(path, f"{META_FILE} has no 'meta' entry")
-    return {"model": _load_model(path), "tensors": _load_tensors(path), "meta": state["meta"]}
+    payload = {"model": _load_model(path), "tensors": _load_tensors(path), "meta": state["meta"]}
+    if isinstance(state["meta"], dict) and state["meta"].get("sharded"):  # FSDP: every rank's shards, read whole
+        from ..distributed.sharded import read_shards
+        payload = read_shards(path, payload)
+    return payload

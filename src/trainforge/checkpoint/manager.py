@@ -78,7 +78,27 @@ class CheckpointManager:
             self._thread.start()  # not a daemon: interpreter exit waits for the write to finish
             return job.final
 
-    def _prepare(self, name, payload, step, epoch, metrics, pinned) -> Job:
+    def begin(self, name: str) -> Path:
+        """An empty temporary directory for checkpoint ``name``, for other writers (every rank's shards)
+        to fill before ``seal``; nothing is visible as a checkpoint until then."""
+        with self._lock:
+            self.wait()
+            self._store.ensure()
+            self._store.clean_leftovers()
+            tmp = self._store.tmp_dir(name)
+            tmp.mkdir()
+            return tmp
+
+    def seal(self, name: str, payload: dict, tmp: Path, *, step: int, epoch: int, metrics: dict | None = None,
+             pinned: bool = False) -> Path:
+        """Write ``payload`` into ``tmp`` (from ``begin``, already holding other writers' files), a
+        manifest over every file in it, and rename it into place (synchronously)."""
+        with self._lock:
+            job = self._prepare(name, payload, step, epoch, metrics, pinned, staged=False)
+            self._commit(job, tmp=tmp)
+            return job.final
+
+    def _prepare(self, name, payload, step, epoch, metrics, pinned, staged: bool = True) -> Job:
         final = self.directory / name
         if not isinstance(name, str) or not NAME.match(name) or name == PINS_FILE:
             raise error(final, f"invalid checkpoint name {name!r}: use letters, digits and _ . = + - "
@@ -93,7 +113,7 @@ class CheckpointManager:
         metrics = clean_metrics(metrics, final)
         unique, aliases, keys = split_aliases(payload["model"], final)
         tensors, events = payload["tensors"], []
-        if self.async_save:
+        if self.async_save and staged:
             # Copy now, on the caller's thread: the optimizer will update these tensors in place
             # while the writer runs, and a torn checkpoint would resume a different run.
             unique, tensors, events = self._staging.snapshot(unique, tensors)
@@ -111,14 +131,16 @@ class CheckpointManager:
         except BaseException as e:  # handed to the next wait(), on the trainer's thread
             self._error = e
 
-    def _commit(self, job: Job) -> None:
+    def _commit(self, job: Job, tmp: Path | None = None) -> None:
         for ev in job.events:
             ev.synchronize()
-        tmp = self._store.tmp_dir(job.name)
+        begun = tmp is not None
+        tmp = tmp if begun else self._store.tmp_dir(job.name)
         try:
-            self._store.ensure()
-            self._store.clean_leftovers()
-            tmp.mkdir()
+            if not begun:
+                self._store.ensure()
+                self._store.clean_leftovers()
+                tmp.mkdir()
             write_files(tmp, job)
             self._store.install(tmp, job.final)
         except Exception as e:
@@ -228,7 +250,7 @@ class CheckpointManager:
         metrics = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
         monitored = metrics.get(self.monitor) if self.monitor else None
         try:
-            size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
             created = float(record.get("created") or path.stat().st_mtime)
         except (OSError, TypeError, ValueError):
             size, created = 0, 0.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .layout import DATA_FILES, FORMAT, MANIFEST_FILE, VERSION, error
@@ -73,7 +73,9 @@ def verify(path: Path, deep: bool = True) -> dict:
     path = Path(path)
     m = read_manifest(path)
     for fname, entry in m["files"].items():
-        if Path(fname).name != fname or fname in ("", ".", ".."):
+        parts = PurePosixPath(fname).parts  # a file, or one in a sub-directory (a sharded checkpoint's shards/)
+        if not parts or len(parts) > 2 or fname.startswith("/") or any(p in (".", "..") for p in parts) \
+                or "\\" in fname:
             raise error(path, f"{MANIFEST_FILE} lists {fname!r}, which is outside the checkpoint")
         try:
             size, digest = int(entry["size"]), str(entry["sha256"])

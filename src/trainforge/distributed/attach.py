@@ -36,6 +36,11 @@ class DistributedRun:
         return self.ctx.enabled
 
     @property
+    def sharded(self) -> bool:
+        """FSDP: every rank writes its shards of each checkpoint."""
+        return self.enabled and self.ctx.strategy == "fsdp"
+
+    @property
     def rank(self) -> int:
         return self.ctx.rank
 
@@ -110,6 +115,12 @@ def attach(trainer: "Trainer", *, optimizer_given: bool = False) -> DistributedR
     trainer.forward_model = torch.compile(wrapped) if cfg.compile else wrapped
     trainer.state.unregister("rng")
     trainer.state.register("rng", RankRng(ctx))
+    if ctx.strategy == "fsdp":  # the registry sees shards; a checkpoint holds every rank's (sharded.py)
+        from .sharded import ShardedModel, ShardedOptimizer
+        trainer.state.unregister("model")
+        trainer.state.register("model", ShardedModel(trainer.model))
+        trainer.state.unregister("optimizer")
+        trainer.state.register("optimizer", ShardedOptimizer(trainer.model, trainer.optimizer))
     trainer.telemetry.reduce_counts = ctx.sum_ints
     trainer.controls.agree = ctx.max_flags
     if ctx.is_main:
@@ -127,8 +138,6 @@ def _rebuild_optimizer(trainer: "Trainer") -> None:
     trainer.optimizer = build_optimizer(trainer.model, trainer.cfg.optimizer)
     trainer.base_lrs = [g["lr"] for g in trainer.optimizer.param_groups]
     trainer._params = [p for p in trainer.model.parameters() if p.requires_grad]
-    trainer.state.unregister("optimizer")
-    trainer.state.register("optimizer", trainer.optimizer)
 
 
 __all__ = ["DistributedRun", "RankRng", "RngState", "attach"]

@@ -31,12 +31,13 @@ def wrap_ddp(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Mod
 
 
 def blocks_of(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks FSDP shards one by one: the children of the model's largest ModuleList
-    (a transformer's layers), else its direct children that hold parameters."""
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
-    if lists:
-        return list(max(lists, key=lambda m: sum(p.numel() for p in m.parameters())))
-    return [c for c in model.children() if any(True for _ in c.parameters())]
+    """The blocks FSDP shards one by one: the children holding parameters of the model's largest
+    ModuleList or Sequential (a transformer's layers), else its direct children that hold parameters."""
+    def size(m: nn.Module) -> int:
+        return sum(p.numel() for p in m.parameters())
+    lists = [m for m in model.modules() if isinstance(m, (nn.ModuleList, nn.Sequential)) and size(m) > 0]
+    parent = max(lists, key=size) if lists else model
+    return [c for c in parent.children() if size(c) > 0 and c is not model]
 
 
 def wrap_fsdp(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
