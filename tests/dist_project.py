@@ -1,6 +1,7 @@
-"""A user project for the distributed tests: a tiny MLP that, for the kill tests, SIGKILLs its own
-process at a chosen forward call on a chosen rank (``TRAINFORGE_TEST_KILL=RANK:CALL``, first
-attempt only: an elastic restart runs through)."""
+"""A user project for the distributed tests: a tiny MLP that misbehaves on one rank at one training
+forward call when told to by the environment (``RANK:CALL``): ``TRAINFORGE_TEST_KILL`` SIGKILLs the
+process (first attempt only: an elastic restart runs through), ``TRAINFORGE_TEST_STALL`` sleeps a
+minute, ``TRAINFORGE_TEST_NAN`` makes the output NaN."""
 
 import os
 import signal
@@ -17,18 +18,30 @@ class MLP(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(10, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, 4))
         self.sleep, self.calls = sleep, 0
-        kill = os.environ.get("TRAINFORGE_TEST_KILL")
-        self.kill = tuple(int(v) for v in kill.split(":")) if kill else None
+        self.kill, self.nan, self.stall = (_at(os.environ.get(f"TRAINFORGE_TEST_{k}")) for k in ("KILL", "NAN", "STALL"))
 
     def forward(self, x):
+        out = self.net(x)
         if self.training:
             self.calls += 1
-            if (self.kill and int(os.environ.get("RANK", "0")) == self.kill[0] and self.calls == self.kill[1]
-                    and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0):
+            first_attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0
+            if self._now(self.kill) and first_attempt:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if self._now(self.stall):
+                time.sleep(60)
+            if self._now(self.nan):
+                out = out * float("nan")
             if self.sleep:
                 time.sleep(self.sleep)
-        return self.net(x)
+        return out
+
+    def _now(self, at):
+        return at is not None and int(os.environ.get("RANK", "0")) == at[0] and self.calls == at[1]
+
+
+def _at(text):
+    """``RANK:CALL`` -> (rank, call) or None."""
+    return tuple(int(v) for v in text.split(":")) if text else None
 
 
 def build_model(width=32, dropout=0.0, sleep=0.0):

@@ -47,7 +47,8 @@ def config(path: Path, run_dir: Path, **fields) -> Path:
 def env(**extra) -> dict:
     e = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
          "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    e.pop("TRAINFORGE_TEST_KILL", None)
+    for k in ("KILL", "STALL", "NAN"):
+        e.pop(f"TRAINFORGE_TEST_{k}", None)
     return {**e, **extra}
 
 
@@ -218,6 +219,38 @@ def test_another_world_size_with_the_same_per_rank_batch_is_refused(pair, tmp_pa
     err = capsys.readouterr().err
     assert code == 2 and "world size: checkpoint 2, run 1" in err and "batch_size" in err
     assert sorted(p.name for p in down.rglob("*")) == before
+
+
+# --------------------------------------------------------------------------- agreement across ranks
+def test_a_nan_on_one_rank_skips_the_step_on_all(tmp_path, capsys, monkeypatch):
+    """Rank 1's 5th batch gives a NaN loss: the step is dropped on both ranks (the loss is reduced
+    before the non-finite check, the gradients are all-reduced), exactly as a 1-process run whose
+    5th global batch is NaN."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    fields = dict(grad={"non_finite": "skip"}, checkpoint={"every_steps": None, "every_epochs": None})
+    monkeypatch.setenv("TRAINFORGE_TEST_NAN", "0:5")
+    assert in_process(capsys, monkeypatch, "train", config(tmp_path / "1.yaml", one, batch_size=16, **fields)) == 0
+    monkeypatch.delenv("TRAINFORGE_TEST_NAN")
+    p = cli("train", config(tmp_path / "2.yaml", two, **fields), "--nproc", 2, extra_env={"TRAINFORGE_TEST_NAN": "1:5"})
+    assert p.returncode == 0, p.stderr
+    for run in (one, two):
+        assert result(run)["summary"]["skipped_steps"] == 1
+        assert result(run)["summary"]["weight_version"] == STEPS - 1
+    assert max_diff(weights(one), weights(two)) <= 1e-6
+
+
+@pytest.mark.slow
+def test_a_stalled_rank_ends_the_run_after_the_timeout(tmp_path):
+    """Rank 1 stops answering (sleeps a minute): rank 0's collective fails after distributed.timeout_s
+    and the job ends, saying why, instead of hanging."""
+    run = tmp_path / "run"
+    started = time.time()
+    p = cli("train", config(tmp_path / "c.yaml", run, distributed={"timeout_s": 5}), "--nproc", 2,
+            extra_env={"TRAINFORGE_TEST_STALL": "1:3"})
+    assert p.returncode == 1, p.stderr
+    assert time.time() - started < 55  # well before the stalled rank would have woken up
+    assert "rank 0: the process group failed: another rank died or stalled longer than distributed.timeout_s" \
+        in p.stderr
 
 
 # --------------------------------------------------------------------------- kill -9, restarts

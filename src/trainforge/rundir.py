@@ -58,6 +58,8 @@ class RunDirectory:
         logger.open(self.path, config.to_dict())
 
     def write_result(self, state: Any, data_stats: dict[str, float], **fields: Any) -> None:
+        if not self.writes:
+            return
         write_result(self.path / "result.json", result_record(state, data_stats, **fields))
 
     def release(self) -> None:
