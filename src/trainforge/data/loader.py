@@ -282,9 +282,11 @@ def make_loader(
         from ..distributed.context import rank as _rank, world_size as _world
         rank, world_size = (_rank(), _world()) if _process_group() else (0, 1)
     if isinstance(dataset, IterableDataset):
-        if world_size > 1:
-            raise ValueError("streamed (iterable) data is not split across ranks yet: under torchrun give a map-style "
-                             "dataset (an array, a token file, a Dataset with __len__), or run one process")
+        if world_size > 1 and getattr(dataset, "world_size", None) != world_size:
+            # a trainforge stream deals records to ranks itself (streaming.py); another iterable cannot be split
+            raise ValueError(f"this iterable dataset ({type(dataset).__name__}) does not split its records across the "
+                             f"{world_size} ranks: under torchrun give a map-style dataset (an array, a token file, a "
+                             "Dataset with __len__) or a trainforge stream (data spec with streaming), or run one process")
         if hasattr(dataset, "set_batch_size"):  # a stream deals whole batches to workers (streaming.py)
             dataset.set_batch_size(batch_size)
         return DataLoader(dataset, batch_size=batch_size, drop_last=pick(drop_last, "drop_last", False), **common)
