@@ -99,6 +99,17 @@ def test_ranks_split_every_global_batch_as_one_process_with_the_global_batch():
             assert glued == expected
 
 
+def test_validation_reads_every_sample_once_over_the_ranks():
+    """keep_short (validation under DDP): 49 samples, 8 per rank on 2 ranks: the last global batch of 1
+    sample goes to rank 0 alone; nothing is dropped or read twice."""
+    ranks = [RankBatchSampler(49, batch_size=8, rank=r, world_size=2, shuffle=False, keep_short=True)
+             for r in range(2)]
+    seen = sorted(i for s in ranks for batch in s for i in batch)
+    assert seen == list(range(49))
+    assert [len(list(s)) for s in ranks] == [4, 3]
+    assert len(RankBatchSampler(49, batch_size=8, rank=1, world_size=2)) == 3  # training drops it
+
+
 def test_bad_rank_is_refused():
     with pytest.raises(ValueError, match="rank 2 is not in"):
         RankBatchSampler(10, batch_size=2, rank=2, world_size=2)
@@ -414,3 +425,36 @@ def test_fsdp_killed_and_resumed_is_bit_identical(tmp_path):
     p = cli("resume", run, "--nproc", 2)
     assert p.returncode == 0, p.stderr
     assert all(torch.equal(a, b) for a, b in zip(weights(run).values(), weights(ref).values()))
+
+
+# --------------------------------------------------------------------------- the launcher's verdict
+def write_codes(tmp_path, **codes):
+    for rank, code in codes.items():
+        (tmp_path / f"rank{rank[1:]}.exit").write_text(f"{code}\n")
+
+
+def test_launcher_returns_the_workers_exit_code_not_torchruns(tmp_path, capsys):
+    from trainforge.distributed.launch import outcome
+    write_codes(tmp_path, r0=75, r1=75)
+    assert outcome(1, tmp_path, 2) == 75  # preempted: torchrun says 1, the workers say 75
+    write_codes(tmp_path, r0=2, r1=2)
+    assert outcome(1, tmp_path, 2) == 2
+    write_codes(tmp_path, r0=0, r1=0)
+    assert outcome(0, tmp_path, 2) == 0
+
+
+def test_launcher_names_the_rank_that_died(tmp_path, capsys):
+    from trainforge.distributed.launch import outcome
+    write_codes(tmp_path, r0=143, r1="running")
+    assert outcome(1, tmp_path, 2) == 1
+    err = capsys.readouterr().err
+    assert "rank 1 (running): died without exiting" in err and "rank 0" not in err.split(":")[1]
+    assert outcome(1, tmp_path / "nothing", 2) == 1
+    assert "before any worker started" in capsys.readouterr().err
+
+
+def test_worker_command_drops_the_launcher_flags():
+    from trainforge.distributed.launch import torchrun_command
+    cmd = torchrun_command(["train", "c.yaml", "--nproc", "2", "--max-restarts=3", "--set", "seed=1"], 2, 3)
+    assert cmd[-6:] == ["-m", "trainforge", "train", "c.yaml", "--set", "seed=1"]
+    assert "--nproc-per-node=2" in cmd and "--max-restarts=3" in cmd and "--standalone" in cmd

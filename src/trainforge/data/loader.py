@@ -91,19 +91,22 @@ class RankBatchSampler(ResumableSampler):
     order, a function of (seed, epoch) alone, whatever the world size. Rank r takes the r-th of
     ``world_size`` contiguous slices of each, so 1 process with batch 2B and 2 processes with batch B
     train on the same global batches. A short last global batch is split as evenly as possible (every
-    rank must make the same number of steps); one with fewer samples than ranks is dropped.
+    rank must make the same number of steps); one with fewer samples than ranks is dropped, unless
+    ``keep_short`` (validation under DDP: no sample left out; the ranks without one skip that batch).
     ``skip_batches`` counts global batches, which are also each rank's batches."""
 
     def __init__(self, length: int, *, batch_size: int, rank: int, world_size: int, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = False):
+                 seed: int = 0, drop_last: bool = False, keep_short: bool = False):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         super().__init__(length, batch_size=batch_size * world_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.rank_batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.keep_short = keep_short
 
     def batches_per_epoch(self) -> int:
         full, rest = divmod(self.length, self.batch_size)
-        return full + (1 if rest >= self.world_size and not self.drop_last else 0)
+        least = 1 if self.keep_short else self.world_size
+        return full + (1 if rest >= least and not self.drop_last else 0)
 
     def _slice(self, batch: torch.Tensor) -> torch.Tensor:
         base, extra = divmod(len(batch), self.world_size)
@@ -111,7 +114,8 @@ class RankBatchSampler(ResumableSampler):
         return batch[start:start + base + (1 if self.rank < extra else 0)]
 
     def index_batches(self) -> Iterator[torch.Tensor]:
-        return (self._slice(b) for b in super().index_batches())
+        slices = (self._slice(b) for b in super().index_batches())
+        return (s for s in slices if len(s))  # empty only for a kept short batch (keep_short)
 
     def __iter__(self) -> Iterator[list[int]]:  # type: ignore[override]
         return (b.tolist() for b in self.index_batches())
@@ -256,6 +260,7 @@ def make_loader(
     pin_memory: bool | None = None,
     rank: int | None = None,
     world_size: int | None = None,
+    keep_short: bool = False,
 ) -> DataLoader:
     """A DataLoader with a ResumableSampler (map-style data), seeded workers, and our collate.
 
@@ -293,7 +298,7 @@ def make_loader(
     if world_size > 1:
         sampler = RankBatchSampler(len(dataset), batch_size=batch_size, rank=rank, world_size=world_size,
                                    shuffle=pick(shuffle, "shuffle", True), seed=seed,
-                                   drop_last=pick(drop_last, "drop_last", False))
+                                   drop_last=pick(drop_last, "drop_last", False), keep_short=keep_short)
         if type(dataset) is TensorData and num_workers == 0 and not pin_memory:
             return TensorLoader(dataset, sampler, generator)
         return DataLoader(dataset, batch_sampler=sampler, **common)
@@ -373,7 +378,10 @@ def loader_for(data: Any, cfg: Any, *, train: bool) -> "DataLoader | TensorLoade
     if train:
         return make_loader(data, cfg)
     bs = cfg.validation.batch_size or cfg.batch_size
-    return make_loader(data, cfg, batch_size=bs, shuffle=False, drop_last=False, num_workers=0)
+    # several ranks: every validation sample is evaluated once, a short last batch included (DDP); FSDP
+    # needs every rank in every forward, so there a last batch with fewer samples than ranks is dropped
+    keep_short = getattr(getattr(cfg, "distributed", None), "strategy", "ddp") != "fsdp"
+    return make_loader(data, cfg, batch_size=bs, shuffle=False, drop_last=False, num_workers=0, keep_short=keep_short)
 
 
 def epoch_iterator(loader: "DataLoader | TensorLoader", seed: int, epoch: int, skip: int) -> Iterator[Any]:

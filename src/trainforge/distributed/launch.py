@@ -86,6 +86,9 @@ def outcome(rc: int, exits: Path, world: int) -> int:
         codes[r] = f.read_text().strip() if f.exists() else "never started"
     if rc == 0 and all(c == "0" for c in codes.values()):
         return 0
+    if all(c == "never started" for c in codes.values()):
+        print(f"trainforge: torchrun exited {rc} before any worker started (see its messages above)", file=sys.stderr)
+        return rc or 1
     dead = [r for r, c in codes.items() if not c.lstrip("-").isdigit()]
     ints = {r: int(c) for r, c in codes.items() if r not in dead}
     for r, code in ints.items():  # a failing rank's own words (rank 0 printed its own already)
