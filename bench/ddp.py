@@ -93,13 +93,13 @@ def worker(args) -> None:
         json.dump(out, f)
 
 
-def run(case: str, nproc: int, strategy: str, steps: int) -> list[dict]:
+def run(case: str, nproc: int, strategy: str, steps: int, torchrun: bool = False) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result"
         tail = [str(HERE), "--worker", "--case", case, "--strategy", strategy, "--steps", str(steps),
                 "--out", str(out)]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        if nproc == 1:
+        if nproc == 1 and not torchrun:
             cmd = [sys.executable, *tail]
         else:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *tail]
@@ -124,6 +124,8 @@ def main() -> None:
     one = run("speed", 1, "ddp", args.steps)[0]["samples_per_s"]
     print(f"compute-bound MLP (1024 x 4), global batch 128, {args.steps} steps:")
     print(f"  1 process            {one:9.0f} samples/s")
+    ddp1 = run("speed", 1, "ddp", args.steps, torchrun=True)[0]["samples_per_s"]
+    print(f"  1 process, DDP       {ddp1:9.0f} samples/s  · under torchrun, world size 1: {ddp1 / one:.0%} of plain")
     for strategy in ("ddp", "fsdp"):
         two = run("speed", 2, strategy, args.steps)[0]["samples_per_s"]
         print(f"  2 processes {strategy:<4}     {two:9.0f} samples/s  · scaling efficiency {two / (2 * one):.0%}")

@@ -428,6 +428,15 @@ def test_fsdp_killed_and_resumed_is_bit_identical(tmp_path):
 
 
 # --------------------------------------------------------------------------- the launcher's verdict
+def test_a_bad_config_is_refused_once_before_any_worker_starts(tmp_path):
+    run = tmp_path / "run"
+    p = cli("train", config(tmp_path / "c.yaml", run, optimizer={"lr": -1}), "--nproc", 2)
+    assert p.returncode == 2
+    assert p.stderr.count("field `optimizer.lr`") == 1 and "torch.distributed" not in p.stderr
+    assert not run.exists()
+
+
+
 def write_codes(tmp_path, **codes):
     for rank, code in codes.items():
         (tmp_path / f"rank{rank[1:]}.exit").write_text(f"{code}\n")

@@ -93,7 +93,12 @@ class DistContext:
             torch.cuda.set_device(local)
         if not dist.is_initialized():
             timeout = datetime.timedelta(seconds=d.timeout_s)
-            dist.init_process_group(backend=backend, timeout=timeout)
+            store, rank_, world = next(dist.rendezvous("env://", timeout=timeout))
+            # torchrun's workers of every restart share one store: under a prefix per attempt, a restarted
+            # group never reads the address a killed worker of the previous attempt left there
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            store = dist.PrefixStore(f"trainforge/attempt-{attempt}/", store)
+            dist.init_process_group(backend=backend, store=store, rank=rank_, world_size=world, timeout=timeout)
             atexit.register(shutdown)
         control = dist.new_group(backend="gloo") if backend != "gloo" else None
         return cls(True, dist.get_rank(), dist.get_world_size(), local, backend, d.strategy, control)
