@@ -127,6 +127,17 @@ class Block(nn.Module):
         x = self.ln_1(x)
         return (x, *self.in_proj(x).split(x.shape[-1], dim=2))
 
+    def kv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(ln_1(x), k, v): for positions whose query is not needed."""
+        x, C = self.ln_1(x), x.shape[-1]
+        k, v = F.linear(x, self.in_proj.weight[C:], self.in_proj.bias[C:]).split(C, dim=2)
+        return x, k, v
+
+    def q(self, x: torch.Tensor) -> torch.Tensor:
+        """The query of ``x`` = ln_1(input), as ``qkv`` computes it."""
+        C = x.shape[-1]
+        return F.linear(x, self.in_proj.weight[:C], self.in_proj.bias[:C])
+
     def finish(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The block's output at the last ``q.shape[1]`` positions of ``k``/``v`` (causal)."""
         B, Tq, C = q.shape
@@ -197,17 +208,16 @@ class Decoder(nn.Module):
         first = torch.full((unique.shape[0],), B, dtype=torch.long, device=h.device)
         first.scatter_reduce_(0, inverse, torch.arange(B, device=h.device), reduce="amin")  # one row per prefix
         shared, rest = h[first, :prefix], h[:, prefix:]
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
+        for layer in self.layers[:-1]:
             xp, qp, kp, vp = layer.qkv(shared)
             xs, qs, ks, vs = layer.qkv(rest)
-            k = torch.cat([kp[inverse], ks], dim=1)
-            v = torch.cat([vp[inverse], vs], dim=1)
-            if i == last:
-                return layer.finish(xs[:, -1:], qs[:, -1:], k, v)[:, 0]
-            shared = layer.finish(xp, qp, kp, vp)
-            rest = layer.finish(xs, qs, k, v)
-        raise AssertionError("unreachable: a Decoder has at least one layer")
+            k, v = torch.cat([kp[inverse], ks], dim=1), torch.cat([vp[inverse], vs], dim=1)
+            shared, rest = layer.finish(xp, qp, kp, vp), layer.finish(xs, qs, k, v)
+        layer = self.layers[-1]  # the answer's position alone needs a query, an output and the MLP
+        _, kp, vp = layer.kv(shared)
+        xs, ks, vs = layer.kv(rest)
+        k, v = torch.cat([kp[inverse], ks], dim=1), torch.cat([vp[inverse], vs], dim=1)
+        return layer.finish(xs[:, -1:], layer.q(xs[:, -1:]), k, v)[:, 0]
 
 
 # -- the recipe ------------------------------------------------------------------------------
