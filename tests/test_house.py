@@ -345,3 +345,31 @@ def test_a_manual_step_acts_on_a_non_finite_loss_at_once(tmp_path):
     halting = Trainer(tiny_mlp(), TrainConfig.from_dict(quiet_cfg(tmp_path, grad={"non_finite": "halt"})))
     with pytest.raises(NonFiniteError, match="halting"):
         halting.step((x * float("nan"), y))
+
+
+@pytest.mark.parametrize("loss, norm, scaler, drop, bad", [
+    (2.5, 0.7, False, 0.0, 0.0),
+    (-3.0, 0.7, False, 0.0, 0.0),              # a negative loss (a custom objective) is finite
+    (float("nan"), 0.7, False, 1.0, 1.0),
+    (2.5, float("inf"), False, 1.0, 1.0),
+    (float("-inf"), 0.7, False, 1.0, 1.0),
+    (3e38, 3e38, False, 1.0, 1.0),             # their sum overflows float32: not a step to take
+    (2.5, float("inf"), True, 1.0, 0.0),       # fp16 overflow: the scaler's business, dropped, not bad
+    (float("nan"), 0.7, True, 1.0, 1.0),
+])
+def test_step_guard_flags_non_finite_values_as_found_inf_wants_them(loss, norm, scaler, drop, bad):
+    from trainforge.gradients import StepGuard
+
+    got_drop, got_bad = StepGuard("skip", scaler).flags(torch.tensor(loss), torch.tensor(norm))
+    assert got_drop.dtype == got_bad.dtype == torch.float32 and got_drop.dim() == 0
+    assert (float(got_drop), float(got_bad)) == (drop, bad)
+
+
+def test_step_guard_under_halt_drops_every_update_after_a_bad_step_until_reset():
+    from trainforge.gradients import StepGuard
+
+    guard = StepGuard("halt", False)
+    flags = [guard.flags(torch.tensor(v), torch.tensor(0.5)) for v in (1.0, float("nan"), 1.0)]
+    assert [float(d) for d, _ in flags] == [0.0, 1.0, 1.0] and [float(b) for _, b in flags] == [0.0, 1.0, 0.0]
+    guard.reset()
+    assert float(guard.flags(torch.tensor(1.0), torch.tensor(0.5))[0]) == 0.0

@@ -48,9 +48,10 @@ def test_split_is_disjoint_complete_and_fixed_by_the_seed():
 
 
 @pytest.mark.parametrize("shared_prefix", [0, 1, 2, 3])
-def test_shortcuts_compute_the_full_causal_forward_and_its_gradient(shared_prefix):
+@pytest.mark.parametrize("n_layer", [1, 2, 3])
+def test_shortcuts_compute_the_full_causal_forward_and_its_gradient(shared_prefix, n_layer):
     torch.manual_seed(0)
-    model = grokking.Decoder(13, dim=32, n_layer=2, n_head=4, shared_prefix=shared_prefix)
+    model = grokking.Decoder(13, dim=32, n_layer=n_layer, n_head=4, shared_prefix=shared_prefix)
     inputs, answers = grokking.equations(11)
     tokens, answers = inputs[::3], answers[::3]  # repeated (x, op) prefixes, as in a batch
     h = model.token_embeddings(tokens) + model.position_embeddings(torch.arange(4))

@@ -5,7 +5,8 @@ from .events import Callback, Event, SkipBatch, StopTraining
 from .gradients import NonFiniteError
 from .state import IllegalTransition, Phase, TrainState
 from .tasks import Classification, LanguageModel, Regression, Task
-from .trainer import FitResult, Preempted, Trainer
+from .results import FitResult, Preempted
+from .trainer import Trainer
 
 __version__ = "0.1.0"
 

@@ -141,8 +141,12 @@ class CallbackList:
         return found
 
     def fire(self, event: Event, trainer: "Trainer") -> None:
-        for cb in self.overriding(event):
+        name = event._value_  # not .value: an Enum property lookup costs as much as the dispatch
+        found = self._table.get(name)
+        if found is None:
+            found = self.overriding(name)
+        for cb in found:
             try:
-                getattr(cb, event.value)(trainer)
+                getattr(cb, name)(trainer)
             except StopTraining as s:
                 trainer.stop(s.reason)

@@ -16,7 +16,8 @@ from .config import ConfigError, DataSpec, TrainConfig
 from .events import Callback
 from .recipes.base import RecipeParts
 from .tasks import import_object
-from .trainer import FitResult, Trainer
+from .results import FitResult
+from .trainer import Trainer
 from .user_errors import user_code_error
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from .checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint
 from .data.fingerprint import changes as data_changes
 from .distributed.context import is_main, world_size
 from .distributed.sharded import by_index, to_index
+from .events import Event
 from .gradients import NonFiniteError, total_norm
 from .state import Phase, TrainState
 
@@ -42,6 +44,14 @@ class ResumeError(RuntimeError):
 def signature(model_state: dict[str, Any]) -> dict[str, list[int]]:
     """Tensor names and shapes: what must match for a resume."""
     return {k: list(v.shape) for k, v in model_state.items()}
+
+
+def identity(trainer: Trainer) -> dict[str, Any]:
+    """What a checkpoint must match to resume this run (with the model's signature and, checked
+    apart, the training data's fingerprint), and the world size it runs at (a global batch is
+    batch_size x world size: another world size resumes when the global batch is kept)."""
+    return {"config": trainer.cfg.to_dict(), "optimizer": type(trainer.optimizer).__name__, "task": trainer.task.name,
+            "data_fingerprint": trainer.data_fingerprint, "world_size": world_size()}
 
 
 def build_payload(state: TrainState, identity: dict[str, Any]) -> dict[str, Any]:
@@ -127,10 +137,6 @@ def compare(identity: dict[str, Any], model_state: dict[str, Any], meta: dict[st
     return blocking, allowed
 
 
-def identity_of(trainer: "Trainer") -> dict[str, Any]:
-    """The run's identity and the world size it runs at (a global batch is batch_size x world size)."""
-    return {**trainer.identity(), "world_size": world_size()}
-
 
 def config_diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     if isinstance(old, dict) and isinstance(new, dict):
@@ -151,7 +157,27 @@ def check(identity: dict[str, Any], model_state: dict[str, Any], meta: dict[str,
 
 
 # --------------------------------------------------------------------------- saving, and going back
-def save(trainer: "Trainer", name: str | None = None, *, pinned: bool = False) -> str | None:
+def save_checkpoint(trainer: Trainer, name: str | None = None, *, pinned: bool = False,
+                    periodic: bool = False) -> str | None:
+    """``Trainer.save_checkpoint``: settle an earlier async save, write, count a failure; the time
+    it takes is not training time."""
+    started = time.perf_counter()
+    try:
+        settle_saves(trainer, periodic=True)  # an earlier async save was periodic: the final one is last
+        path = save(trainer, name, pinned=pinned)
+        if path is not None and not trainer.checkpoints.async_save:
+            trainer.failed_saves = 0
+    except CheckpointWriteError as e:
+        save_failed(trainer, e, periodic)
+        return None
+    finally:
+        trainer.telemetry.meter.excluded += time.perf_counter() - started
+    if path is not None:
+        trainer.callbacks.fire(Event.CHECKPOINT, trainer)
+    return path
+
+
+def save(trainer: Trainer, name: str | None = None, *, pinned: bool = False) -> str | None:
     """Write ``trainer``'s whole state as a checkpoint (phase CHECKPOINTING). The open log interval is
     closed first, so a non-finite step is acted on before anything is written, and the history holds
     the interval's losses. A model with non-finite weights is never saved: warns, returns None."""
@@ -164,7 +190,7 @@ def save(trainer: "Trainer", name: str | None = None, *, pinned: bool = False) -
     c = trainer.state.counters
     previous = trainer.lifecycle.to(Phase.CHECKPOINTING)
     try:
-        payload = build_payload(trainer.state, identity_of(trainer))  # every rank: per-rank parts are gathered
+        payload = build_payload(trainer.state, identity(trainer))  # every rank: per-rank parts are gathered
         name = name or f"step-{c.step:09d}"
         record = dict(step=c.step, epoch=c.epoch, metrics=dict(trainer.state.metrics), pinned=pinned)
         if getattr(trainer, "dist", None) is not None and trainer.dist.sharded:  # FSDP: every rank its shards
@@ -180,8 +206,7 @@ def save(trainer: "Trainer", name: str | None = None, *, pinned: bool = False) -
     return trainer.last_checkpoint
 
 
-
-def resume_run(trainer: "Trainer", resume_from: str | Path, *, allow_data_change: bool = False) -> bool:
+def resume_run(trainer: Trainer, resume_from: str | Path, *, allow_data_change: bool = False) -> bool:
     """Load a checkpoint into ``trainer`` (phase RESTORING). True when that run had already finished
     (a gate, an early stop, its budget), so there is nothing to do; a budget that was raised goes on.
     ``"latest"`` with no checkpoint starts fresh, saying so; a foreign checkpoint in the run is
@@ -202,7 +227,7 @@ def resume_run(trainer: "Trainer", resume_from: str | Path, *, allow_data_change
         if problem:
             raise ResumeError(f"cannot resume from {path}: {problem}")
     payload = upgrade(payload)
-    check(identity_of(trainer), trainer.model.state_dict(), payload["meta"])
+    check(identity(trainer), trainer.model.state_dict(), payload["meta"])
     earlier = recorded_data_changes(Path(trainer.cfg.run_dir))  # kept across later resumes
     check_data(trainer, path, payload["meta"].get("data_fingerprint"), allow_data_change, payload["meta"].get("state"))
     if earlier:
@@ -232,7 +257,7 @@ def recorded_data_changes(run_dir: Path) -> list:
     return list(changes) if isinstance(changes, list) else []
 
 
-def check_data(trainer: "Trainer", path: Path, saved: dict | None, allow: bool, saved_state: dict | None = None) -> None:
+def check_data(trainer: Trainer, path: Path, saved: dict | None, allow: bool, saved_state: dict | None = None) -> None:
     """Refuse a resume on training data that changed since the checkpoint (a resumed epoch would
     read other samples, some twice, some never), unless allowed; an allowed change is recorded."""
     changed = data_changes(saved, trainer.data_fingerprint)
@@ -249,7 +274,7 @@ def check_data(trainer: "Trainer", path: Path, saved: dict | None, allow: bool, 
     trainer.result_extra.setdefault("data_changes", []).append({"checkpoint": str(path), "step": step, "changes": changed})
 
 
-def rollback(trainer: "Trainer", message: str, bad_batches: set[tuple[int, int]]) -> None:
+def rollback(trainer: Trainer, message: str, bad_batches: set[tuple[int, int]]) -> None:
     """Restore the last good checkpoint, scale the lr down, skip the offending batches from now on."""
     g = trainer.cfg.grad
     rollbacks = trainer.state.counters.rollbacks + 1
@@ -275,7 +300,7 @@ def rollback(trainer: "Trainer", message: str, bad_batches: set[tuple[int, int]]
 MAX_FAILED_SAVES = 3  # periodic saves in a row that may fail (each retried at the next boundary)
 
 
-def settle_saves(trainer: "Trainer", periodic: bool) -> None:
+def settle_saves(trainer: Trainer, periodic: bool) -> None:
     """Wait for a pending async save; its failure is handled as that save's own."""
     try:
         pending = trainer.checkpoints is not None and trainer.checkpoints.pending
@@ -287,7 +312,7 @@ def settle_saves(trainer: "Trainer", periodic: bool) -> None:
         save_failed(trainer, e, periodic)
 
 
-def save_failed(trainer: "Trainer", e: CheckpointWriteError, periodic: bool) -> None:
+def save_failed(trainer: Trainer, e: CheckpointWriteError, periodic: bool) -> None:
     """Point at what is really on disk; a periodic failure warns (the next boundary retries), any
     other, or the ``MAX_FAILED_SAVES``-th periodic one in a row, raises."""
     trainer.last_checkpoint = str(e.last_valid) if e.last_valid else None

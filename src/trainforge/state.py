@@ -177,6 +177,12 @@ class TrainState:
         curve["step"].append(step)
         curve["value"].append(value)
 
+    def record_now(self, values: dict[str, float]) -> None:
+        """The latest values (``metrics``), each also added to its curve at the current step."""
+        self.metrics.update(values)
+        for name, value in values.items():
+            self.record(name, self.counters.step, value)
+
     def record_many(self, name: str, steps: list[int], values: list[float]) -> None:
         curve = self.history.setdefault(name, {"step": [], "value": []})
         curve["step"].extend(steps)

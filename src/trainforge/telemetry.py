@@ -73,8 +73,7 @@ class Telemetry:
         state.metrics.update(plugin_values)
         for name, value in {"lr": trainer.lr, **plugin_values}.items():
             state.record(name, interval.steps[-1], value)
-        trainer.logger.write({"kind": "train", "step": state.counters.step, "epoch": state.counters.epoch + 1,
-                              "time": time.time(), **record}, plugin_values)
+        trainer.log_record("train", record, plugin_values)
 
     def _global_counts(self, trainer: "Trainer") -> None:
         """The interval's samples and tokens summed over ranks (one small all-reduce per interval, as

@@ -8,7 +8,6 @@ how is here. Control (pause, stop, preemption) acts only at step boundaries.
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -17,31 +16,29 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from . import signals, snapshot
-from .callbacks import default_callbacks
+from . import ending, signals, snapshot
+from .batches import EpochBatches
 from .callbacks.cadence import is_due
-from .callbacks.logging import RunLogger, build_sinks
-from .callbacks.progress import ProgressBar
-from .checkpoint import CheckpointError, CheckpointManager, CheckpointWriteError
-from .config import ConfigError, TrainConfig
+from .callbacks.logging import RunLogger
+from .checkpoint import CheckpointManager
+from .config import TrainConfig
 from .controls import Controls, PreemptRequested
-from .data.errors import DataError
 from .data.fingerprint import fingerprint
-from .data.loader import epoch_iterator, loader_for
+from .data.loader import loader_for
 from .data.spec import data_files, fit_data
 from .distributed import attach as attach_distributed
 from .devices import autocast_factory, resolve_device, to_device
 from .events import Callback, CallbackList, Event, SkipBatch, overrides
-from .evaluation import Interrupted, evaluate
+from .evaluation import Interrupted, evaluate, record_validation
 from .gradients import clip_gradients, grad_extremes
-from .metrics import epoch_summary, update_best
-from .results import FitResult, Preempted, fit_result
-from .optim import build_optimizer, build_schedule
-from .optim.schedules import schedule_horizon
-from .sanity import sanity_pass
+from .metrics import epoch_summary
+from .optim import build_optimizer
+from .prepare import prepare_run
+from .results import FitResult
 from .rundir import RunDirectory
-from .state import Lifecycle, Phase, RngState, TrainState, seed_everything
-from .tasks import Task, batch_size_of, make_task
+from .sanity import sanity_pass
+from .state import Lifecycle, Phase, RngState, TrainState
+from .tasks import Task, make_task
 from .telemetry import RollBackRequest, Telemetry
 from .transforms import apply_model_transforms
 
@@ -91,8 +88,8 @@ class Trainer:
         self.data_fingerprint: dict[str, Any] | None = None
         self.failed_saves = 0  # periodic saves in a row that failed (the next boundary retries)
         self.rundir = RunDirectory(self.cfg.run_dir)
-        self._finished = False
-        self._skip_reasons: dict[str, int] = {}
+        self.ended = False  # the run was ended (ending.finish): it is not ended twice
+        self.batches = EpochBatches(self)  # the current epoch's
         self.dist = attach_distributed(self, optimizer_given=optimizer is not None)  # torchrun: process group, DDP/FSDP
         for cb in callbacks:
             self.add_callback(cb)
@@ -165,16 +162,16 @@ class Trainer:
         checkpoint is refused unless ``allow_data_change`` (then result.json records the change)."""
         self.lifecycle.to(Phase.INITIALIZING)
         self.controls.reset()
-        self.rundir, self._finished = RunDirectory(self.cfg.run_dir), False
+        self.rundir, self.ended = RunDirectory(self.cfg.run_dir), False
         preempted = False
         try:
             files = data_files(train_data, self.cfg)
             train_data, val_data = fit_data(train_data, val_data, self.cfg)
-            self._setup_run(train_data, val_data)
+            prepare_run(self, train_data, val_data)
             self.data_fingerprint = fingerprint(train_data, files)
             self.rundir.take_lock()
             if resume_from is not None and snapshot.resume_run(self, resume_from, allow_data_change=allow_data_change):
-                return self._already_finished()
+                return ending.already_finished(self)
             if resume_from is None and self.checkpoints is not None and self.checkpoints.list(deep=False):
                 warnings.warn(f"starting a fresh run in {self.cfg.run_dir}, which holds checkpoints of an earlier "
                               "run: resume_from='latest' would continue it instead", stacklevel=2)
@@ -188,22 +185,18 @@ class Trainer:
                     self._train()
                 except PreemptRequested:
                     preempted = True
-                    self._save_on_preemption()
-            self._finish(Phase.COMPLETED)
+                    ending.save_on_preemption(self)
+            ending.finish(self, Phase.COMPLETED)
         except BaseException as exc:
-            if not self._finished:
+            if not self.ended:
                 self.state.stopped_reason = f"error: {type(exc).__name__}: {exc}"
-                self._finish(Phase.ERROR, exc)
+                ending.finish(self, Phase.ERROR, exc)
             raise
         finally:
             self.rundir.release()
         if preempted:
-            saved = self.checkpoints is not None and self.last_checkpoint_step == self.state.counters.step
-            preempted_exit = Preempted(self._preemption_message(saved), 75 if saved else 1)
-            print(preempted_exit.message, file=sys.stderr)  # from Python as from the CLI: how to go on
-            preempted_exit.printed = True
-            raise preempted_exit
-        return self._result()
+            raise ending.preempted_exit(self)
+        return ending.result(self)
 
     def _train(self) -> None:
         while True:
@@ -217,7 +210,7 @@ class Trainer:
                         warnings.warn("training data is empty: nothing to train on", stacklevel=3)
                         self.controls.stop_reason = "training data is empty"
                     elif consumed > 0 and self.state.counters.step == step and self.controls.stop_reason is None:
-                        self._trained_nothing(epoch, consumed)
+                        raise self.batches.nothing_trained(epoch, consumed)
                 self.log_interval()
                 break
             except RollBackRequest as rb:  # the one place a non-finite step under `rollback` is handled
@@ -229,11 +222,6 @@ class Trainer:
         if self.checkpoints is not None and (self.cfg.checkpoint.save_last or self.controls.pin_final):
             self.save_checkpoint(pinned=self.controls.pin_final)
 
-    def _trained_nothing(self, epoch: int, consumed: int) -> None:
-        """An epoch whose every batch was skipped is an error, not a finish (nothing was trained)."""
-        why = "; ".join(f"{n} {reason}" for reason, n in self._skip_reasons.items()) or "no optimizer step was made"
-        raise DataError(f"epoch {epoch + 1}: all {consumed} batch(es) were skipped, so nothing was trained ({why})")
-
     def _run_epoch(self) -> int:
         """Optimizer steps until the epoch's batches run out or a boundary ends the run. Returns the
         batches consumed."""
@@ -244,7 +232,8 @@ class Trainer:
         self._fire(Event.EPOCH_START)
         self.model.train()
         self._epoch_started = time.perf_counter()
-        batches = self._epoch_batches()
+        self.batches = EpochBatches(self)
+        batches = iter(self.batches)
         while self._train_step(batches):
             self.controls.at_boundary()
             if self.controls.stop_reason is not None or self.budget_reached():
@@ -252,28 +241,6 @@ class Trainer:
         consumed = c.batch_in_epoch - start  # _end_epoch starts the next epoch's count
         self._end_epoch()
         return consumed
-
-    def _epoch_batches(self) -> Iterator[Any]:
-        """The epoch's batches from the resume position on, less those a rollback excluded and empty ones."""
-        c = self.state.counters
-        batches = epoch_iterator(self.train_loader, self.cfg.seed, c.epoch, c.batch_in_epoch)
-        self._skip_reasons: dict[str, int] = {}
-        waited = time.perf_counter()
-        for batch in batches:
-            self.telemetry.meter.data_wait += time.perf_counter() - waited
-            index = c.batch_in_epoch
-            c.batch_in_epoch += 1
-            excluded = (c.epoch, index) in self.state.skip_batches
-            if excluded or batch_size_of(batch) == 0:
-                c.skipped_batches += 1
-                reason = "excluded by a rollback" if excluded else "empty (the batch has no tensor field)"
-                self._skip_reasons[reason] = self._skip_reasons.get(reason, 0) + 1
-                if not excluded:
-                    warnings.warn(f"empty batch {index} in epoch {c.epoch + 1} skipped: it has no tensor field",
-                                  stacklevel=2)
-            else:
-                yield batch if self.device.type == "cpu" else to_device(batch, self.device)
-            waited = time.perf_counter()
 
     # ------------------------------------------------------------------ one optimizer step
     def _train_step(self, batches: Iterator[Any]) -> bool:
@@ -289,9 +256,7 @@ class Trainer:
             try:
                 self._fire(Event.BATCH_START)
             except SkipBatch:
-                c.skipped_batches += 1
-                self._skip_reasons["skipped by a callback (SkipBatch)"] = (
-                    self._skip_reasons.get("skipped by a callback (SkipBatch)", 0) + 1)
+                self.batches.skipped("skipped by a callback (SkipBatch)")
                 end_pending = False
                 continue
             self.dist.before_micro_batch(self, last=micro + 1 == accumulate)  # DDP no_sync but on the last
@@ -367,24 +332,8 @@ class Trainer:
             raise PreemptRequested() from None
 
     def record_validation(self, mid_epoch: bool) -> None:
-        """Validate now and record the values (history, best, metrics, sinks, plateau schedule)."""
-        c = self.state.counters
-        started = time.perf_counter()
-        self._fire(Event.VALIDATION_START)
-        self.state.pending_validation = True  # a preemption inside it redoes it on resume
-        metrics = self.validate()
-        self.state.pending_validation = False
-        self.telemetry.meter.excluded += time.perf_counter() - started
-        c.last_val_step = c.step
-        self.state.metrics.update(metrics)
-        update_best(self.state.best, metrics)
-        for name, value in metrics.items():
-            self.state.record(name, c.step, value)
-        observe = getattr(self.schedule, "observe", None)
-        if observe is not None and self.cfg.schedule.monitor in metrics:
-            observe(metrics[self.cfg.schedule.monitor])
-        self._fire(Event.VALIDATION_END)
-        self._log("val", {**metrics, "mid_epoch": mid_epoch})
+        """Validate now and record the values (``evaluation.record_validation``)."""
+        record_validation(self, mid_epoch)
 
     def _end_epoch(self) -> None:
         c = self.state.counters
@@ -393,11 +342,9 @@ class Trainer:
             self.record_validation(mid_epoch=False)
         curve = self.state.history.get("train/loss", {"step": [], "value": []})
         summary = epoch_summary(curve, c.epoch_start_step, self._epoch_started)
-        self.state.metrics.update(summary)
-        for name, value in summary.items():
-            self.state.record(name, c.step, value)
+        self.state.record_now(summary)
         self._fire(Event.EPOCH_END)
-        self._log("epoch", summary)
+        self.log_record("epoch", summary)
         c.epoch += 1
         c.batch_in_epoch = 0
 
@@ -407,151 +354,23 @@ class Trainer:
         nothing was written (non-finite weights; a failed ``periodic`` save, retried at the next
         boundary). A save that fails otherwise raises ``CheckpointWriteError`` naming the cause and the
         last valid checkpoint (``snapshot.save_failed``)."""
-        started = time.perf_counter()
-        try:
-            snapshot.settle_saves(self, periodic=True)  # an earlier async save was periodic: the final one is last
-            path = snapshot.save(self, name, pinned=pinned)
-            if path is not None and not self.checkpoints.async_save:
-                self.failed_saves = 0
-        except CheckpointWriteError as e:
-            snapshot.save_failed(self, e, periodic)
-            return None
-        finally:
-            self.telemetry.meter.excluded += time.perf_counter() - started  # not training time
-        if path is not None:
-            self._fire(Event.CHECKPOINT)
-        return path
+        return snapshot.save_checkpoint(self, name, pinned=pinned, periodic=periodic)
 
-    def identity(self) -> dict[str, Any]:
-        """What a checkpoint must match to resume this run (with the model's signature and, checked
-        apart, the training data's fingerprint)."""
-        return {"config": self.cfg.to_dict(), "optimizer": type(self.optimizer).__name__, "task": self.task.name,
-                "data_fingerprint": self.data_fingerprint}
-
-    def _save_on_preemption(self) -> None:
-        """The SIGTERM/SIGINT checkpoint, of the state at the last step boundary. A failure raises
-        (the run is not reported as preempted with a checkpoint)."""
-        self.state.stopped_reason = "preempted"
-        if self.checkpoints is None:
-            return
-        c = self.state.counters
-        try:
-            self.save_checkpoint()
-            snapshot.settle_saves(self, periodic=False)
-        except CheckpointWriteError as e:
-            raise CheckpointWriteError(f"preempted by {self.controls.preempt_signal} at step {c.step}, but the "
-                                       f"checkpoint was NOT saved: {e}", path=e.path, detail=e.detail,
-                                       last_valid=e.last_valid) from e
-
-    def _already_finished(self) -> FitResult:
-        print(f"trainforge: run in {self.cfg.run_dir} already finished ({self.state.stopped_reason}); "
-              "nothing to do", file=sys.stderr)
-        self.lifecycle.to(Phase.RUNNING)
-        self.lifecycle.to(Phase.COMPLETED)
-        if not (Path(self.cfg.run_dir) / "result.json").exists():
-            self._write_result()
-        return self._result()
-
-    def _preemption_message(self, saved: bool) -> str:
-        c = self.state.counters
-        head = f"trainforge: preempted by {self.controls.preempt_signal} at step {c.step} (epoch {c.epoch + 1}); "
-        if saved:
-            return head + f"checkpoint saved: {self.last_checkpoint}. Resume with: trainforge resume {self.cfg.run_dir}"
-        if self.checkpoints is None:
-            return head + ("no checkpoint: checkpointing is disabled (checkpoint.enabled: false), so the "
-                           f"{c.step} step(s) trained are lost; a resume starts over")
-        return head + "no checkpoint was written (the weights were not finite); the last valid one is " + \
-            f"{self.last_checkpoint or 'none'}"
-
-    # ------------------------------------------------------------------ setup and teardown
-    def _setup_run(self, train_data: Any, val_data: Any) -> None:
-        """Everything a run needs in memory; writes nothing (a refused resume must leave the run dir as it was)."""
-        cfg, run_dir = self.cfg, Path(self.cfg.run_dir)
-        if run_dir.exists() and not run_dir.is_dir():
-            raise ConfigError(f"field `run_dir`: {run_dir} exists and is not a directory; name a directory")
-        seed_everything(cfg.seed + self.dist.rank)  # distributed: each rank its own random streams
-        self.train_loader = loader_for(train_data, cfg, train=True)
-        self.val_loader = loader_for(val_data, cfg, train=False) if val_data is not None else None
-        try:
-            self.batches_per_epoch = len(self.train_loader)
-        except TypeError:  # an iterable dataset without a length
-            self.batches_per_epoch = None
-        self.schedule = build_schedule(cfg.schedule, schedule_horizon(cfg, self.batches_per_epoch))
-        self.state.register_if_stateful("schedule", self.schedule)  # plateau
-        self.state.register_if_stateful("data", getattr(self.train_loader, "dataset", None))  # a stream's position
-        self.telemetry.reset()
-        for cb in default_callbacks(cfg, list(self.callbacks))[::-1]:
-            if cb not in self.callbacks:
-                self.add_callback(cb, first=True)  # defaults go first
-        if cfg.checkpoint.enabled:
-            ck = cfg.checkpoint
-            if (run_dir / "checkpoints").exists() and not (run_dir / "checkpoints").is_dir():
-                raise CheckpointError(f"{run_dir / 'checkpoints'} is a file, not a directory of checkpoints; "
-                                      "move it away")
-            self.checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=ck.keep_last, keep_best=ck.keep_best,
-                                                 monitor=ck.monitor, mode=ck.mode, async_save=ck.async_save)
-        progress = [cb for cb in self.callbacks if isinstance(cb, ProgressBar)]
-        self.logger = RunLogger(build_sinks(cfg, progress), cfg.log.level)
-        self.apply_lr()
-
+    # ------------------------------------------------------------------ control, events, logging
     def budget_reached(self) -> bool:
         """True once ``max_steps`` or ``max_epochs`` is used up."""
         return self.state.counters.budget_reason(self.cfg.max_steps, self.cfg.max_epochs) is not None
 
-    def _finish(self, phase: Phase, exc: BaseException | None = None) -> None:
-        """End the run: events, the pending save (a failure of it is the run's failure: it is the
-        final or the preemption checkpoint), phase, result.json. Nothing is written into a run
-        directory that was never opened (a refused resume, a locked run dir)."""
-        self._finished = True
-        if exc is not None:
-            self._fire_safely(Event.ERROR)
-        self._fire_safely(Event.TRAIN_END)
-        failed_save = None
-        if self.checkpoints is not None:
-            try:
-                self.checkpoints.wait()
-            except CheckpointWriteError as e:
-                self.last_checkpoint, self.last_checkpoint_step = (str(e.last_valid) if e.last_valid else None), None
-                if exc is None:
-                    failed_save = exc = e
-                    phase = Phase.ERROR
-                    self.state.stopped_reason = f"error: {type(e).__name__}: {e}"
-                else:  # the run's own error comes first; this one is said too
-                    warnings.warn(f"the pending checkpoint failed as well: {e}", stacklevel=2)
-        if self.phase != phase:
-            self.lifecycle.to(phase)
-        if self.rundir.opened:
-            self._write_result(error=exc)
-            self.logger.close(failed=exc is not None)
-        if failed_save is not None:
-            raise failed_save
-
-    # ------------------------------------------------------------------ control, events, logging
     def _fire(self, event: Event) -> None:
         self.callbacks.fire(event, self)
-
-    def _fire_safely(self, event: Event) -> None:
-        try:
-            self._fire(event)
-        except Exception as e:  # teardown must finish even when a callback fails
-            warnings.warn(f"callback failed during {event.value}: {e!r}", stacklevel=2)
 
     def data_stats(self) -> dict[str, float]:
         """Counters of a cache or quality filter around the training data (hits, drops), if any."""
         stats = getattr(getattr(self.train_loader, "dataset", None), "stats", None)
         return dict(stats()) if callable(stats) else {}
 
-    def _log(self, kind: str, values: dict[str, Any], plugin_values: dict[str, Any] | None = None) -> None:
+    def log_record(self, kind: str, values: dict[str, Any], plugin_values: dict[str, Any] | None = None) -> None:
+        """One record to every sink; ``epoch`` counts from 1, as the console does."""
         c = self.state.counters
-        # "epoch" counts from 1, as the console does: the epoch this record belongs to
         self.logger.write({"kind": kind, "step": c.step, "epoch": c.epoch + 1, "time": time.time(), **values},
                           plugin_values)
-
-    # ------------------------------------------------------------------ results
-    def _result(self) -> FitResult:
-        return fit_result(self.state, self.data_stats(), run_dir=Path(self.cfg.run_dir),
-                          final_checkpoint=self.last_checkpoint, extra=self.result_extra)
-
-    def _write_result(self, error: BaseException | None = None) -> None:
-        self.rundir.write_result(self.state, self.data_stats(), final_checkpoint=self.last_checkpoint,
-                                  phase=str(self.phase), extra=self.result_extra, config=self.cfg.to_dict(), error=error)

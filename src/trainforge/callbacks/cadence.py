@@ -34,7 +34,7 @@ class Cadence(Callback):
         c, cfg = trainer.state.counters, trainer.cfg
         if is_due(cfg.log.every_steps, c.step):
             trainer.log_interval()
-        if trainer.has_validation and is_due(cfg.validation.every_steps, c.step) and c.last_val_step != c.step:
+        if is_due(cfg.validation.every_steps, c.step) and trainer.has_validation and c.last_val_step != c.step:
             trainer.record_validation(mid_epoch=True)
         if trainer.checkpoints is not None and is_due(cfg.checkpoint.every_steps, c.step):
             trainer.save_checkpoint(periodic=True)

@@ -13,10 +13,9 @@ Its blocks keep the reference code's quirk (``x = ln_1(x); x = x + attn(x)``: th
 passes through the first LayerNorm), since grokking's timing depends on such details. Ours: the
 attention is ``F.scaled_dot_product_attention``, and two shortcuts that compute the same function
 with fewer operations: the model returns the logits of the last position only, so the last block
-computes its query, attention output and MLP for that position alone; and in the first block the
-positions 0-1, which see only ``(x, op)``, are computed once per distinct x and shared by the
-batch's equations (``shared_prefix``; on a CPU, where this is compute-bound: ~20 % of a training
-step and ~35 % of a validation forward).
+computes its query, attention output and MLP for that position alone; and in every block the
+positions 0-1, which see only ``(x, op)``, are computed once per distinct x and their keys and
+values shared by the batch's equations (``shared_prefix``; on a CPU, where this is compute-bound).
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ RECIPE_ARGS: dict[str, Any] = {
     "dim": 128,
     "n_layer": 2,
     "n_head": 4,
-    "shared_prefix": 2,       # first block: positions 0-1 (x, op) computed once per distinct x (CPU only); 0: off
+    "shared_prefix": 2,       # every block: positions 0-1 (x, op) computed once per distinct x (CPU only); 0: off
     "train_accuracy": False,  # also measure train/accuracy on all training equations after each validation
 }
 
@@ -105,6 +104,21 @@ def split(inputs: torch.Tensor, answers: torch.Tensor, train_fraction: float = 0
 
 # -- model -----------------------------------------------------------------------------------
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Causal multi-head attention of ``q`` [B, Tq, C] on ``k``/``v`` [B, Tk, C], query i at position
+    Tk - Tq + i; [B, Tq, H, C / H]. Sequences here are 4 tokens: the scores are a few multiply-adds
+    per head, so broadcasting and summing in the [B, T, H, D] layout (no transposes) beats
+    ``F.scaled_dot_product_attention``'s kernel on a CPU (~20 % of a training step there)."""
+    B, Tq, C = q.shape
+    Tk, D = k.shape[1], C // n_head
+    q, k, v = q.reshape(B, Tq, n_head, D), k.reshape(B, Tk, n_head, D), v.reshape(B, Tk, n_head, D)
+    scores = (q.unsqueeze(2) * k.unsqueeze(1)).sum(-1) * D ** -0.5                  # [B, Tq, Tk, H]
+    if Tq > 1:
+        future = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).triu(Tk - Tq + 1)
+        scores = scores.masked_fill(future[:, :, None], float("-inf"))
+    return (scores.softmax(dim=2).unsqueeze(-1) * v.unsqueeze(1)).sum(2)             # [B, Tq, H, D]
+
+
 class Block(nn.Module):
     """The reference code's block: ``x = ln_1(x); x = x + attn(x); x = x + mlp(ln_2(x))``."""
 
@@ -128,20 +142,22 @@ class Block(nn.Module):
         x = self.ln_1(x)
         return (x, *self.in_proj(x).split(x.shape[-1], dim=2))
 
+    def kv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(ln_1(x), k, v): for positions whose query is not needed."""
+        x, C = self.ln_1(x), x.shape[-1]
+        k, v = F.linear(x, self.in_proj.weight[C:], self.in_proj.bias[C:]).split(C, dim=2)
+        return x, k, v
+
+    def q(self, x: torch.Tensor) -> torch.Tensor:
+        """The query of ``x`` = ln_1(input), as ``qkv`` computes it."""
+        C = x.shape[-1]
+        return F.linear(x, self.in_proj.weight[:C], self.in_proj.bias[:C])
+
     def finish(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The block's output at the last ``q.shape[1]`` positions of ``k``/``v`` (causal)."""
         B, Tq, C = q.shape
-        Tk, H = k.shape[1], self.n_head
-        q = q.reshape(B, Tq, H, C // H).transpose(1, 2)
-        k, v = (t.reshape(B, Tk, H, C // H).transpose(1, 2) for t in (k, v))
-        if Tq == Tk:
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif Tq == 1:  # the last position attends to every position
-            a = F.scaled_dot_product_attention(q, k, v)
-        else:  # query i sits at position Tk - Tq + i
-            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + self.out_proj(a.transpose(1, 2).reshape(B, Tq, C))
+        a = attend(q, k, v, self.n_head)
+        x = x + self.out_proj(a.reshape(B, Tq, C))
         return x + self.mlp(self.ln_2(x))
 
     def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
@@ -150,30 +166,12 @@ class Block(nn.Module):
             return self.finish(x[:, -1:], q[:, -1:], k, v)
         return self.finish(x, q, k, v)
 
-    def forward_shared_prefix(self, x: torch.Tensor, tokens: torch.Tensor, prefix: int, vocab: int) -> torch.Tensor:
-        """The same as ``forward(x)`` for a first block (``x`` a function of ``tokens`` alone), with
-        the first ``prefix`` positions — which see only their own prefix of tokens — computed once
-        per distinct prefix and shared (x op y: 97 distinct ``(x, op)`` among 512 equations)."""
-        B = x.shape[0]
-        key = tokens[:, 0]
-        for i in range(1, prefix):  # the prefix as one integer (vocab ** prefix < 2 ** 63, checked at build)
-            key = key * vocab + tokens[:, i]
-        unique, inverse = torch.unique(key, return_inverse=True)
-        first = torch.full((unique.shape[0],), B, dtype=torch.long, device=x.device)
-        first.scatter_reduce_(0, inverse, torch.arange(B, device=x.device), reduce="amin")  # one row per prefix
-        xp, qp, kp, vp = self.qkv(x[first, :prefix])
-        head = self.finish(xp, qp, kp, vp)[inverse]              # [B, prefix, C], shared
-        xs, qs, ks, vs = self.qkv(x[:, prefix:])
-        k = torch.cat([kp[inverse], ks], dim=1)
-        v = torch.cat([vp[inverse], vs], dim=1)
-        return torch.cat([head, self.finish(xs, qs, k, v)], dim=1)
-
 
 class Decoder(nn.Module):
     """``forward(tokens[B, T]) -> logits[B, vocab]`` of the last position (the answer's).
 
-    ``shared_prefix``: in the first block, the first so many positions are computed once per
-    distinct prefix (see ``Block.forward_shared_prefix``); 0 computes every row."""
+    ``shared_prefix``: in every block, the first so many positions are computed once per
+    distinct prefix (see ``forward_shared_prefix``); 0 computes every row."""
 
     def __init__(self, vocab: int, dim: int = 128, n_layer: int = 2, n_head: int = 4, seq_len: int = 5,
                  shared_prefix: int = 0):
@@ -195,14 +193,37 @@ class Decoder(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         T = tokens.shape[1]
         h = self.token_embeddings(tokens) + self.position_embeddings(torch.arange(T, device=tokens.device))
+        # On a GPU, torch.unique would wait on the device every step; the shortcut pays on a CPU.
+        if 0 < self.shared_prefix < T and tokens.device.type == "cpu":
+            return self.head(self.ln_f(self.forward_shared_prefix(h, tokens, self.shared_prefix)))
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            # On a GPU, torch.unique would wait on the device every step; the shortcut pays on a CPU.
-            if i == 0 and i < last and 0 < self.shared_prefix < T and tokens.device.type == "cpu":
-                h = layer.forward_shared_prefix(h, tokens, self.shared_prefix, self.vocab)
-            else:
-                h = layer(h, last_only=i == last)
+            h = layer(h, last_only=i == last)
         return self.head(self.ln_f(h[:, -1]))
+
+    def forward_shared_prefix(self, h: torch.Tensor, tokens: torch.Tensor, prefix: int) -> torch.Tensor:
+        """The last position's output of the blocks, the same function as the plain loop: in every
+        block the first ``prefix`` positions see only their own prefix of tokens, so they are computed
+        once per distinct prefix (x op y: 97 distinct ``(x, op)`` among a batch's 512 equations) and
+        their keys and values shared by the equations that start with it."""
+        B = h.shape[0]
+        key = tokens[:, 0]
+        for i in range(1, prefix):  # the prefix as one integer (vocab ** prefix < 2 ** 62, checked at build)
+            key = key * self.vocab + tokens[:, i]
+        unique, inverse = torch.unique(key, return_inverse=True)
+        first = torch.full((unique.shape[0],), B, dtype=torch.long, device=h.device)
+        first.scatter_reduce_(0, inverse, torch.arange(B, device=h.device), reduce="amin")  # one row per prefix
+        shared, rest = h[first, :prefix], h[:, prefix:]
+        for layer in self.layers[:-1]:
+            xp, qp, kp, vp = layer.qkv(shared)
+            xs, qs, ks, vs = layer.qkv(rest)
+            k, v = torch.cat([kp[inverse], ks], dim=1), torch.cat([vp[inverse], vs], dim=1)
+            shared, rest = layer.finish(xp, qp, kp, vp), layer.finish(xs, qs, k, v)
+        layer = self.layers[-1]  # the answer's position alone needs a query, an output and the MLP
+        _, kp, vp = layer.kv(shared)
+        xs, ks, vs = layer.kv(rest)
+        k, v = torch.cat([kp[inverse], ks], dim=1), torch.cat([vp[inverse], vs], dim=1)
+        return layer.finish(xs[:, -1:], layer.q(xs[:, -1:]), k, v)[:, 0]
 
 
 # -- the recipe ------------------------------------------------------------------------------
