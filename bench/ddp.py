@@ -1,7 +1,9 @@
 """Distributed throughput and memory on CPU: 1 process vs 2 (DDP and FSDP) under torchrun.
 
-Throughput: a compute-bound MLP (width 1024, 4 hidden layers), the same global batch (128) on
-1 process and on 2 ranks of 64; every process runs 1 thread, so 2 processes use 2 cores. Each
+Throughput: a compute-bound MLP (width 1024, 4 hidden layers), the same global batch (``--batch``,
+default 128) on 1 process, on 1 process under torchrun (DDP at world size 1: the cost of the
+distributed path itself) and on 2 ranks of half of it; every process runs 1 thread, so 2 processes
+use 2 cores. Each
 run trains ``--steps`` optimizer steps through trainforge; samples/s is the median of the
 log-interval rates after the first interval (warm-up). Scaling efficiency = (samples/s with 2) /
 (2 x samples/s with 1).
@@ -10,7 +12,7 @@ Memory: a larger MLP (8 layers of 2048 x 2048, 33.6 M parameters) trained 3 step
 per rank, the bytes of the parameters, gradients and optimizer state this rank holds (FSDP: its
 shards; DDP: everything) counted from the tensors themselves, and the peak RSS of the process.
 
-    .venv/bin/python bench/ddp.py [--steps 60] [--skip-memory]
+    .venv/bin/python bench/ddp.py [--steps 60] [--batch 128] [--skip-memory]
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def worker(args) -> None:
     torch.set_num_threads(1)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     width, depth = (2048, 8) if args.case == "memory" else (1024, 4)
-    global_batch = 128 if args.case == "speed" else 32
+    global_batch = args.batch if args.case == "speed" else 32
     n = global_batch * (args.steps + 2)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(n, 64, generator=g), torch.randint(0, 10, (n,), generator=g)
@@ -93,11 +95,11 @@ def worker(args) -> None:
         json.dump(out, f)
 
 
-def run(case: str, nproc: int, strategy: str, steps: int, torchrun: bool = False) -> list[dict]:
+def run(case: str, nproc: int, strategy: str, steps: int, torchrun: bool = False, batch: int = 128) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result"
         tail = [str(HERE), "--worker", "--case", case, "--strategy", strategy, "--steps", str(steps),
-                "--out", str(out)]
+                "--batch", str(batch), "--out", str(out)]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         if nproc == 1 and not torchrun:
             cmd = [sys.executable, *tail]
@@ -116,18 +118,19 @@ def main() -> None:
     p.add_argument("--strategy", default="ddp", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--batch", type=int, default=128, help="global batch of the throughput runs (default 128)")
     p.add_argument("--skip-memory", action="store_true")
     args = p.parse_args()
     if args.worker:
         return worker(args)
     print(f"cpu cores: {os.cpu_count()} · torch {torch.__version__} · 1 thread per process")
-    one = run("speed", 1, "ddp", args.steps)[0]["samples_per_s"]
-    print(f"compute-bound MLP (1024 x 4), global batch 128, {args.steps} steps:")
+    one = run("speed", 1, "ddp", args.steps, batch=args.batch)[0]["samples_per_s"]
+    print(f"compute-bound MLP (1024 x 4), global batch {args.batch}, {args.steps} steps:")
     print(f"  1 process            {one:9.0f} samples/s")
-    ddp1 = run("speed", 1, "ddp", args.steps, torchrun=True)[0]["samples_per_s"]
+    ddp1 = run("speed", 1, "ddp", args.steps, torchrun=True, batch=args.batch)[0]["samples_per_s"]
     print(f"  1 process, DDP       {ddp1:9.0f} samples/s  · under torchrun, world size 1: {ddp1 / one:.0%} of plain")
     for strategy in ("ddp", "fsdp"):
-        two = run("speed", 2, strategy, args.steps)[0]["samples_per_s"]
+        two = run("speed", 2, strategy, args.steps, batch=args.batch)[0]["samples_per_s"]
         print(f"  2 processes {strategy:<4}     {two:9.0f} samples/s  · scaling efficiency {two / (2 * one):.0%}")
     if args.skip_memory:
         return
