@@ -365,10 +365,12 @@ def test_fsdp_refuses_a_model_without_blocks():
 
 @pytest.fixture(scope="module")
 def fsdp(pair):
-    """A 2-process FSDP run of the same config as pair[1]'s."""
+    """A 2-process FSDP run of the same config as pair[1]'s, logged verbosely every 2 steps (gradient
+    extremes and the weights' norm are collectives under FSDP: every rank must take them together)."""
     root = pair[1][0].parent
     run = root / "fsdp"
-    p = cli("train", config(root / "fsdp.yaml", run, distributed={"strategy": "fsdp"}), "--nproc", 2)
+    log = {"progress": False, "sinks": ["jsonl"], "every_steps": 2, "level": "verbose"}
+    p = cli("train", config(root / "fsdp.yaml", run, distributed={"strategy": "fsdp"}, log=log), "--nproc", 2)
     assert p.returncode == 0, p.stderr
     return run, p
 
@@ -378,6 +380,8 @@ def test_fsdp_equals_one_process(pair, fsdp):
     run, p = fsdp
     assert "distributed fsdp (gloo) · world size 2" in p.stderr
     assert max_diff(weights(one), weights(run)) <= 1e-5
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train" and "grad/max" in r] == list(range(2, STEPS + 1, 2))
     assert result(run)["summary"]["final"]["val/loss"] == pytest.approx(result(one)["summary"]["final"]["val/loss"],
                                                                         rel=1e-5)
 

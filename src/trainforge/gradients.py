@@ -53,8 +53,8 @@ def grad_extremes(params: Iterable[nn.Parameter]) -> tuple[torch.Tensor, torch.T
     grads = grads_of(params)
     if not grads:
         return torch.zeros(()), torch.zeros(())
-    maxes = torch.stack([g.detach().abs().max() for g in grads])
-    mins = torch.stack([g.detach().abs().min() for g in grads])
+    maxes = torch.stack([_local(g.detach().abs().max()) for g in grads])  # FSDP: over every shard
+    mins = torch.stack([_local(g.detach().abs().min()) for g in grads])
     return maxes.max(), mins.min()
 
 

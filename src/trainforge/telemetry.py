@@ -93,7 +93,9 @@ class Telemetry:
             probes["grad/max"], probes["grad/min"] = self.extremes
             self.extremes = None
         now = time.monotonic()
-        if now - self._last_health_check >= 1.0:
+        # distributed: every interval, not by the clock, so every rank takes the weights' norm (a
+        # collective under FSDP) at the same steps and reaches the same verdict on it
+        if now - self._last_health_check >= 1.0 or self.reduce_counts is not None:
             self._last_health_check = now
             probes["weights/norm"] = total_norm([p.detach() for p in trainer.model.parameters()])
             log = trainer.cfg.log
