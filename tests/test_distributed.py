@@ -124,6 +124,43 @@ def test_make_loader_splits_by_the_given_rank():
     assert len(loaders[0]) == len(whole) == 5
 
 
+# --------------------------------------------------------------------------- in this process, world size 1
+@pytest.fixture
+def world_of_one(monkeypatch):
+    """torchrun's environment for a group of one (this process); the group is destroyed afterwards."""
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(k, v)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_ddp_all_reduces_once_per_optimizer_step_under_accumulation(world_of_one, tmp_path):
+    """grad.accumulate 3: the gradient all-reduce runs on the last micro-batch of each group only
+    (no_sync on the others), and at the epoch's end, where a group is cut short."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    from trainforge import Trainer
+    calls = []
+
+    def counting(state, bucket):
+        calls.append(1)
+        return allreduce_hook(None, bucket)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    cfg = {"run_dir": str(tmp_path / "run"), "max_epochs": 1, "batch_size": 4, "grad": {"accumulate": 3},
+           "checkpoint": {"enabled": False}, "log": {"progress": False, "sinks": ["jsonl"]}, "sanity_check": False}
+    trainer = Trainer(model, cfg, task="classification")
+    assert trainer.dist.enabled and trainer.dist.world_size == 1
+    trainer.dist.wrapped.register_comm_hook(None, counting)
+    x, y = torch.randn(40, 4), torch.randint(0, 2, (40,))
+    result = trainer.fit((x, y))
+    # 10 batches: groups of 3, 3, 3 and the epoch's last batch alone -> 4 steps, 4 all-reduces
+    assert trainer.state.counters.step == 4
+    assert len(calls) == 4
+
+
 # --------------------------------------------------------------------------- DDP = 1 process
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
@@ -384,6 +421,17 @@ def test_fsdp_equals_one_process(pair, fsdp):
     assert [r["step"] for r in records if r["kind"] == "train" and "grad/max" in r] == list(range(2, STEPS + 1, 2))
     assert result(run)["summary"]["final"]["val/loss"] == pytest.approx(result(one)["summary"]["final"]["val/loss"],
                                                                         rel=1e-5)
+
+
+def test_fsdp_with_accumulation_equals_one_process(pair, tmp_path):
+    """grad.accumulate 2: FSDP skips the reduce-scatter on the first micro-batch of each group and
+    syncs on the last, the epoch's single-batch group included."""
+    one, _, _ = pair[2]
+    run = tmp_path / "fsdp-acc"
+    p = cli("train", config(tmp_path / "f.yaml", run, distributed={"strategy": "fsdp"}, grad={"accumulate": 2}),
+            "--nproc", 2)
+    assert p.returncode == 0, p.stderr
+    assert max_diff(weights(one), weights(run)) <= 1e-5
 
 
 def test_fsdp_checkpoint_holds_every_rank_shard_under_its_manifest(fsdp, tmp_path):

@@ -55,6 +55,10 @@ class DistributedRun:
             return
         c = trainer.state.counters
         sync = last or (trainer.batches_per_epoch is not None and c.batch_in_epoch >= trainer.batches_per_epoch)
+        if self.ctx.strategy == "fsdp" and (trainer.batches_per_epoch is None or trainer.state.skip_batches):
+            # FSDP2 cannot reduce-scatter after the fact, so it skips the sync only where the group is
+            # sure to go on (a stream's end, or batches a rollback excluded, could end it early)
+            sync = True
         if sync != self._synced:
             set_gradient_sync(self.wrapped, self.ctx.strategy, sync)
         self._synced = sync
@@ -68,7 +72,9 @@ class DistributedRun:
             return loss
         if not self._synced:
             if self.ctx.strategy == "fsdp":  # FSDP2 cannot reduce late; say so rather than train apart
-                raise RuntimeError("fsdp: an accumulation group ended without its gradient reduce-scatter")
+                raise RuntimeError("fsdp: an accumulation group ended without its gradient reduce-scatter (a "
+                                   "callback skipped the epoch's last batches with SkipBatch); use grad.accumulate: 1 "
+                                   "or distributed.strategy: ddp")
             grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
             for g in grads:
                 g.div_(self.world_size)
