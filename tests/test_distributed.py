@@ -301,6 +301,30 @@ def test_a_stalled_rank_ends_the_run_after_the_timeout(tmp_path):
         in p.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_clipping_and_grokfast_see_the_synchronized_gradient(strategy, tmp_path, capsys, monkeypatch):
+    """Clipping to a global norm of 0.05 (active at every step) and (DDP) a Grokfast EMA filter act
+    on the gradient after the sync (FSDP: the norm over every shard), so 2 processes equal 1."""
+    grokfast = {"filter": "ema", "alpha": 0.9, "lamb": 2.0} if strategy == "ddp" else None
+    fields = dict(grad={"clip_norm": 0.05}, grokfast=grokfast, checkpoint={"every_steps": None, "every_epochs": None})
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert in_process(capsys, monkeypatch, "train", config(tmp_path / "1.yaml", one, batch_size=16, **fields)) == 0
+    p = cli("train", config(tmp_path / "2.yaml", two, distributed={"strategy": strategy}, **fields), "--nproc", 2)
+    assert p.returncode == 0, p.stderr
+    assert result(one)["summary"]["final"]["grad/norm"] > 0.05  # clipping was active
+    assert max_diff(weights(one), weights(two)) <= (1e-6 if strategy == "ddp" else 1e-5)
+
+
+def test_grokfast_under_fsdp_is_refused_naming_the_field(tmp_path):
+    run = tmp_path / "run"
+    p = cli("train", config(tmp_path / "c.yaml", run, distributed={"strategy": "fsdp"},
+                            grokfast={"filter": "ema", "alpha": 0.9, "lamb": 2.0}), "--nproc", 2)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("field `grokfast`: Grokfast filters are not available with distributed.strategy fsdp") == 1
+    assert not (run / "checkpoints").exists()
+
+
 # --------------------------------------------------------------------------- kill -9, restarts
 @pytest.fixture(scope="module")
 def with_dropout(tmp_path_factory):
