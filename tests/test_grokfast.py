@@ -213,6 +213,44 @@ def test_state_of_another_filter_or_model_is_refused():
         other([q], 1.0)
 
 
+def test_a_sharded_state_of_another_world_size_is_refused_naming_both():
+    """A state saved under FSDP (one part per rank) loads only at the world size that saved it: here
+    two ranks' parts into one process. A non-zero rank's copy (which holds nothing) is refused too."""
+    p = nn.Parameter(torch.zeros(3))
+    p.grad = torch.ones(3)
+    ema = EMAFilter()
+    ema([p], 1.0)
+    part = ema.state_dict()
+    one = EMAFilter()
+    one.load_state_dict({"filter": "ema", "world_size": 1, "ranks": [part]})  # 1 rank's part: loads
+    one([p], 1.0)
+    for state, match in [({"filter": "ema", "world_size": 2, "ranks": [part, part]},
+                          r"sharded over 2 FSDP ranks.*over 1 FSDP.*world size 2 -> 1"),
+                         ({"filter": "ema", "world_size": 2, "ranks": None}, "non-zero rank's copy")]:
+        other = EMAFilter()
+        other.load_state_dict(state)
+        with pytest.raises(ValueError, match=match):
+            other([p], 1.0)
+
+
+@pytest.mark.parametrize("old,new,refused", [
+    (("fsdp", 2), ("none", 1), True), (("fsdp", 2), ("fsdp", 4), True), (("none", 1), ("fsdp", 2), True),
+    (("fsdp", 2), ("fsdp", 2), False), (("ddp", 2), ("none", 1), False), (("fsdp", 2), ("ddp", 2), True)])
+def test_resume_refuses_another_sharding_of_the_filter_state(old, new, refused):
+    """Checked with the checkpoint's meta before anything is loaded: under FSDP the filter's state is
+    per rank (its shards'), so it resumes only where the run shards it the same way."""
+    from trainforge.snapshot import compare
+
+    def run(strategy, world, batch):
+        return {"config": {"batch_size": batch, "grokfast": {"filter": "ema"}, "distributed": {"strategy": strategy}},
+                "optimizer": "AdamW", "world_size": world}
+    meta = {**run(old[0], old[1], 16 // old[1]), "model_signature": {}}
+    blocking, _ = compare(run(new[0], new[1], 16 // new[1]), {}, meta)
+    assert any(b.startswith("grokfast: ") for b in blocking) == refused, blocking
+    if refused:
+        assert f"resume at world size {old[1]} with distributed.strategy {old[0]}" in blocking[0]
+
+
 @pytest.mark.parametrize("section,match", [
     ({"filter": "ema", "alpha": 1.0}, "grokfast.alpha"),
     ({"filter": "ema", "alpha": float("nan")}, "grokfast.alpha"),

@@ -111,9 +111,6 @@ def attach(trainer: "Trainer", *, optimizer_given: bool = False) -> DistributedR
         trainer.device = torch.device("cuda", ctx.local_rank)
         trainer.model.to(trainer.device)
     if ctx.strategy == "fsdp":
-        if cfg.grokfast is not None:  # its flat buffers hold whole gradients; FSDP's are shards
-            raise ConfigError("field `grokfast`: Grokfast filters are not available with distributed.strategy fsdp "
-                              "yet; use distributed.strategy: ddp (the filter then sees the all-reduced gradient)")
         if optimizer_given:
             raise ConfigError("distributed.strategy fsdp builds the optimizer on the sharded parameters: pass no "
                               "optimizer= to Trainer (configure it under `optimizer:`)")

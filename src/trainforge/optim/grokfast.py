@@ -19,6 +19,12 @@ state forever: each step computes an ``ok`` flag on the device (all gradients fi
 step leaves ``mu`` or the queue as it was. Equality with the formulas is exact in value (IEEE
 ``==``; a zero's sign may differ, as ``x + 0.0`` turns ``-0.0`` into ``0.0``).
 
+Under FSDP2 the gradients are DTensors holding each rank's shard of the synchronized gradient:
+each rank filters its shards and keeps their state only (the filter is elementwise, so this is the
+1-process filter on the whole gradient), the ``ok`` flag is all-reduced (MIN, on the device) so all
+ranks skip the same updates, and ``state_dict`` gathers every rank's part to rank 0. Such a state
+loads only at the world size that saved it (resharding it is not supported).
+
 ``Grokfast`` is the thin adapter to the loop (a Callback); ``EMAFilter`` and ``MAFilter`` work in
 any hand-written loop: ``f = EMAFilter(0.98); ...; loss.backward(); f(model.parameters(), 2.0)``.
 """
@@ -87,27 +93,41 @@ def _check_value(v: Any) -> float:
 
 
 # ----------------------------------------------------------------------------------- flat groups
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 parameter or gradient (a DTensor); a plain tensor itself. Under
+    ``no_grad`` ``to_local`` returns the DTensor's own local tensor, so writing into it writes the
+    gradient in place."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 class _Group:
-    """Parameters of one (device, dtype): their gradients gathered into one flat buffer."""
+    """Parameters of one (device, dtype): their gradients gathered into one flat buffer.
+
+    Under FSDP2 the parameters and gradients are DTensors: the buffer holds this rank's shards (the
+    gradients already reduce-scattered, i.e. synchronized). The filter is elementwise, so filtering
+    each rank's shards equals filtering the whole gradient, except for the finite flag, which the
+    ranks all-reduce over ``process_group`` (None: one process, or DDP, whose gradients agree)."""
 
     def __init__(self, params: list[torch.Tensor]):
         self.params = params
-        self.shapes = [tuple(p.shape) for p in params]
-        numels = [p.numel() for p in params]
+        self.shapes = [tuple(_local(p).shape) for p in params]
+        numels = [math.prod(s) for s in self.shapes]
         self.numel = sum(numels)
-        p0 = params[0]
+        p0 = _local(params[0])
         self.flat = torch.zeros(self.numel, dtype=p0.dtype, device=p0.device)
         self.views = [v.view(s) for v, s in zip(self.flat.split(numels), self.shapes)]
+        mesh = getattr(params[0], "device_mesh", None)
+        self.process_group = mesh.get_group() if mesh is not None and mesh.size() > 1 else None
 
     def gather(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Copy the gradients into ``flat`` (a parameter without one counts as zero); returns the
-        (gradients, views) pairs to write back."""
+        """Copy the gradients (this rank's shards) into ``flat`` (a parameter without one counts as
+        zero); returns the (gradients, views) pairs to write back."""
         grads, views = [], []
         for p, view in zip(self.params, self.views):
             if p.grad is None:
                 view.zero_()
             else:
-                grads.append(p.grad)
+                grads.append(_local(p.grad))
                 views.append(view)
         if grads:
             torch._foreach_copy_(views, grads)
@@ -118,7 +138,9 @@ def _groups(params: Iterable[torch.Tensor]) -> list[_Group]:
     by_kind: dict[tuple, list[torch.Tensor]] = {}
     for p in params:
         if p.requires_grad:
-            by_kind.setdefault((p.device, p.dtype), []).append(p)
+            local = _local(p)
+            # the same keys, in the same order, on every rank: the flags' all-reduces pair up
+            by_kind.setdefault((local.device, local.dtype), []).append(p)
     if not by_kind:
         raise ValueError("Grokfast: the model has no parameters that require a gradient")
     return [_Group(ps) for ps in by_kind.values()]
@@ -145,26 +167,40 @@ class _Filter:
                 self._pending = None
         for group, buf in zip(self.groups, self.buffers):
             grads, views = group.gather()
-            if not grads:
+            if not grads:  # under FSDP no rank has a gradient or every rank has one: all skip together
                 continue
-            self._apply(group.flat, buf, float(lamb))
+            self._apply(group.flat, buf, float(lamb), group.process_group)
             torch._foreach_copy_(grads, views)
 
     def _new_state(self, group: _Group) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def _apply(self, g: torch.Tensor, buf: dict[str, torch.Tensor], lamb: float) -> None:
+    def _apply(self, g: torch.Tensor, buf: dict[str, torch.Tensor], lamb: float, group: Any = None) -> None:
         raise NotImplementedError
 
     # Checkpointed: tensors, numbers and strings only (loads with torch.load(weights_only=True)).
     STATE_KEYS: tuple[str, ...] = ()
 
     def state_dict(self) -> dict[str, Any]:
+        """The filter's state. Under FSDP each rank holds its shards' state, and rank 0 alone writes
+        the checkpoint's non-sharded part: every rank's state is gathered there (a collective: every
+        rank calls this at the same save), as ``{"filter", "world_size", "ranks": [state of rank
+        r]}``; the other ranks' return value holds no state (``ranks`` None) and is never written."""
         if self.groups is None:
             return dict(self._pending) if self._pending is not None else {}
-        return {"filter": self.kind,
-                "shapes": [[list(s) for s in g.shapes] for g in self.groups],
-                "groups": [{k: buf[k] for k in self.STATE_KEYS} for buf in self.buffers]}
+        state = {"filter": self.kind,
+                 "shapes": [[list(s) for s in g.shapes] for g in self.groups],
+                 "groups": [{k: buf[k] for k in self.STATE_KEYS} for buf in self.buffers]}
+        group = self.groups[0].process_group
+        if group is None:
+            return state
+        import torch.distributed as dist
+        # on the CPU: rank 0 must not unpickle tensors onto another rank's device
+        mine = {**state, "groups": [{k: v.cpu() for k, v in g.items()} for g in state["groups"]]}
+        world, main = dist.get_world_size(group), dist.get_global_rank(group, 0)
+        ranks: list[Any] | None = [None] * world if dist.get_rank() == main else None
+        dist.gather_object(mine, ranks, dst=main, group=group)  # to rank 0 alone: not the whole state on every rank
+        return {"filter": self.kind, "world_size": world, "ranks": ranks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
@@ -172,11 +208,14 @@ class _Filter:
         if state.get("filter") != self.kind:
             raise ValueError(f"Grokfast state is for filter {state.get('filter')!r}, this run uses {self.kind!r}")
         if self.groups is None:
-            self._pending = state
+            self._pending = state  # under FSDP, which rank's part is ours is known at the first call
         else:
             self._load_into_buffers(state)
 
     def _load_into_buffers(self, state: dict[str, Any]) -> None:
+        group = self.groups[0].process_group if self.groups else None
+        if group is not None or "ranks" in state:
+            state = self._rank_part(state, group)
         ours = [[list(s) for s in g.shapes] for g in self.groups or []]
         theirs = [[list(s) for s in shapes] for shapes in state["shapes"]]
         if ours != theirs:
@@ -186,16 +225,41 @@ class _Filter:
             for key in self.STATE_KEYS:
                 buf[key].copy_(saved[key])
 
+    def _rank_part(self, state: dict[str, Any], group: Any) -> dict[str, Any]:
+        """This rank's part of a state saved under FSDP. Each rank's state is that of its shards, whose
+        bounds depend on the world size: a state sharded over another number of ranks is refused
+        (resharding it is not supported), as is a whole-gradient state (1 process, DDP) under FSDP."""
+        import torch.distributed as dist
+        world, rank = (dist.get_world_size(group), dist.get_rank(group)) if group is not None else (1, 0)
+        ranks = state.get("ranks")
+        if ranks is None and "ranks" in state:
+            raise ValueError("Grokfast state: this is a non-zero rank's copy of an FSDP state, which holds none")
+        saved = len(ranks) if ranks is not None else 1
+        if saved != world:
+            where = f"sharded over {saved} FSDP ranks" if ranks is not None else "of whole gradients (1 process or DDP)"
+            raise ValueError(f"Grokfast state was saved {where}, but this run shards the filter over {world} FSDP "
+                             f"rank(s): resharding the grokfast filter's state is not supported (world size "
+                             f"{saved} -> {world}); resume at world size {saved}")
+        return ranks[rank] if ranks is not None else state
 
-def _finite_flag(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+
+def _finite_flag(g: torch.Tensor, group: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(1.0 if every element of ``g`` is finite else 0.0 — on the device, in ``g``'s dtype; ``g`` with
     its non-finite elements replaced by 0). A NaN or inf propagates through the sum (accumulated in
     float32 at least, so half-precision gradients do not overflow it; a float32 sum beyond 3e38
     counts as non-finite); ``torch.where`` and ``isfinite().all()`` cost several times as much on a
     CPU, where they are not vectorised. The flag blends through ``lerp`` and multiplies, never a
-    host read."""
-    ok = torch.isfinite(g.sum(dtype=torch.promote_types(g.dtype, torch.float32))).to(g.dtype)
-    return ok, torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+    host read.
+
+    ``group``: the process group over which ``g`` is sharded (FSDP). Each rank sees only its shard,
+    so the flag is the MIN over ranks (an all-reduce on the device, queued like a kernel): the state
+    of every rank skips the same steps, as the 1-process filter on the whole gradient would."""
+    ok = torch.isfinite(g.sum(dtype=torch.promote_types(g.dtype, torch.float32)))
+    if group is not None:
+        import torch.distributed as dist
+        ok = ok.float()  # a float32 flag: every backend reduces it (not all reduce bool or half)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=group)
+    return ok.to(g.dtype), torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 class EMAFilter(_Filter):
@@ -215,9 +279,9 @@ class EMAFilter(_Filter):
         return {"mu": mu, "started": torch.zeros((), dtype=mu.dtype, device=mu.device),
                 "cand": torch.empty_like(mu), "tmp": torch.empty_like(mu)}
 
-    def _apply(self, g: torch.Tensor, buf: dict[str, torch.Tensor], lamb: float) -> None:
+    def _apply(self, g: torch.Tensor, buf: dict[str, torch.Tensor], lamb: float, group: Any = None) -> None:
         mu, started, cand, tmp = buf["mu"], buf["started"], buf["cand"], buf["tmp"]
-        ok, finite = _finite_flag(g)
+        ok, finite = _finite_flag(g, group)
         # Separate multiplies and an add (never add(alpha=) or lerp here, which fuse or reorder):
         # the same roundings as the formula written out, so a per-tensor reference matches exactly.
         torch.mul(mu, self.alpha, out=cand)
@@ -253,9 +317,9 @@ class MAFilter(_Filter):
                 "g64": torch.empty(g.numel(), dtype=torch.float64, device=g.device),
                 "mean": torch.empty_like(g)}
 
-    def _apply(self, g: torch.Tensor, buf: dict[str, torch.Tensor], lamb: float) -> None:
+    def _apply(self, g: torch.Tensor, buf: dict[str, torch.Tensor], lamb: float, group: Any = None) -> None:
         queue, total, pos, count, g64, mean = (buf[k] for k in ("queue", "total", "pos", "count", "g64", "mean"))
-        ok, finite = _finite_flag(g)
+        ok, finite = _finite_flag(g, group)
         slot = pos.view(1)
         oldest = queue.index_select(0, slot).view(-1)    # zeros while the queue is filling
         g64.copy_(finite)
