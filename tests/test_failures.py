@@ -34,6 +34,16 @@ HERE = Path(__file__).parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}
 
 
+def tiny_config(tmp_path, fields: str):
+    """``tmp_path/run.yaml`` for tests/tiny_project.py's model and data (``fields`` may replace the data),
+    quiet sinks, run dir ``tmp_path/run``."""
+    data = "" if "\ndata:" in "\n" + fields else "data: tiny_project:build_data\n"
+    config = tmp_path / "run.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\nmodel: tiny_project:build_model\n{data}"
+                      f"log: {{progress: false, sinks: [jsonl]}}\n{fields}\n")
+    return config
+
+
 def run_cli(capsys, *args):
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
@@ -108,10 +118,7 @@ def test_final_save_on_a_full_disk_fails_the_run_naming_cause_and_last_valid(tmp
 def test_async_final_save_failure_exits_nonzero_and_claims_no_checkpoint(tmp_path, monkeypatch, capsys):
     disk_full_after(monkeypatch, good=0)
     monkeypatch.syspath_prepend(str(HERE))
-    config = tmp_path / "run.yaml"
-    config.write_text(f"run_dir: {tmp_path / 'run'}\nmax_steps: 3\nbatch_size: 16\nmodel: tiny_project:build_model\n"
-                      "data: tiny_project:build_data\ncheckpoint: {every_epochs: null, async_save: true}\n"
-                      "log: {progress: false, sinks: [jsonl]}\n")
+    config = tiny_config(tmp_path, "max_steps: 3\nbatch_size: 16\ncheckpoint: {every_epochs: null, async_save: true}")
     code, _, err = run_cli(capsys, "train", config)
     assert code == 1, err
     assert "no space left on device" in err and "there is no valid checkpoint yet" in err
@@ -175,9 +182,7 @@ def test_jsonl_of_text_records_is_an_error_naming_the_text_field(tmp_path, monke
     monkeypatch.syspath_prepend(str(HERE))
     path = tmp_path / "text.jsonl"
     path.write_text("".join(json.dumps({"text": f"record {i}", "label": i % 2}) + "\n" for i in range(40)))
-    config = tmp_path / "run.yaml"
-    config.write_text(f"run_dir: {tmp_path / 'run'}\nmax_epochs: 1\nbatch_size: 8\nmodel: tiny_project:build_model\n"
-                      f"data: {{path: {path}}}\nlog: {{progress: false, sinks: [jsonl]}}\n")
+    config = tiny_config(tmp_path, f"max_epochs: 1\nbatch_size: 8\ndata: {{path: {path}}}")
     code, _, err = run_cli(capsys, "train", config)
     assert code == 2, err
     assert "hold text" in err and "['text']" in err and "tokenize" in err
@@ -226,10 +231,7 @@ def test_batch_size_of_counts_text_columns():
 @pytest.fixture
 def finished_run(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(HERE))
-    config = tmp_path / "run.yaml"
-    config.write_text(f"run_dir: {tmp_path / 'run'}\nmax_epochs: 1\nbatch_size: 16\nmodel: tiny_project:build_model\n"
-                      "data: tiny_project:build_data\nlog: {progress: false, sinks: [jsonl]}\n"
-                      "checkpoint: {every_steps: 3}\n")
+    config = tiny_config(tmp_path, "max_epochs: 1\nbatch_size: 16\ncheckpoint: {every_steps: 3}")
     code, _, err = run_cli(capsys, "train", config)
     assert code == 0, err
     return tmp_path / "run"
@@ -353,9 +355,7 @@ def test_resume_on_appended_data_is_refused_unless_allowed(tmp_path, monkeypatch
         return "".join(json.dumps({"x": row.tolist(), "y": int(row[0] > 0)}) + "\n" for row in x)
 
     path.write_text(records(96))
-    config = tmp_path / "run.yaml"
-    config.write_text(f"run_dir: {tmp_path / 'run'}\nmax_epochs: 1\nbatch_size: 16\nmodel: tiny_project:build_model\n"
-                      f"data: {{path: {path}}}\nlog: {{progress: false, sinks: [jsonl]}}\n")
+    config = tiny_config(tmp_path, f"max_epochs: 1\nbatch_size: 16\ndata: {{path: {path}}}")
     assert run_cli(capsys, "train", config)[0] == 0
     size = path.stat().st_size
     with open(path, "a") as f:
@@ -477,9 +477,7 @@ def test_a_checkpoints_path_that_is_a_file(capsys, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(HERE))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoints").write_text("oops")
-    config = tmp_path / "run.yaml"
-    config.write_text(f"run_dir: {tmp_path / 'run'}\nmax_epochs: 1\nmodel: tiny_project:build_model\n"
-                      "data: tiny_project:build_data\nlog: {progress: false, sinks: [jsonl]}\n")
+    config = tiny_config(tmp_path, "max_epochs: 1")
     for args in (["train", config], ["checkpoints", tmp_path / "run"]):
         code, _, err = run_cli(capsys, *args)
         assert code == 2 and "is a file, not a directory of checkpoints" in err, err

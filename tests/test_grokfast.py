@@ -298,33 +298,13 @@ log: {{progress: false, sinks: [jsonl], every_steps: 3}}
                                       "{filter: ma, window: 4, lamb: [[0, 1.0], [6, 5.0]]}"], ids=["ema", "ma"])
 def test_sigkill_at_random_moments_then_resume_is_byte_identical(tmp_path, grokfast):
     import random
-    import signal
-    import subprocess
-    import time
 
-    from test_preemption import TRAINFORGE, env, final_weights, start
+    from test_preemption import final_weights, reference, train_with_kills
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(KILL_CONFIG.format(grokfast=grokfast))
-    ref = subprocess.run(TRAINFORGE + ["train", str(cfg), "--run-dir", str(tmp_path / "ref")], env=env(),
-                         capture_output=True, text=True, timeout=300)
-    assert ref.returncode == 0, ref.stderr
-    expected = final_weights(tmp_path / "ref")
-    run_dir, rng, kills = tmp_path / "killed", random.Random(14), 0
-    for _ in range(12):
-        args = ["resume", str(run_dir)] if (run_dir / "config.yaml").exists() else \
-            ["train", str(cfg), "--run-dir", str(run_dir)]
-        proc = start(args)
-        if kills < 2:
-            time.sleep(rng.uniform(2.0, 3.5))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                kills += 1
-                continue
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-        if (run_dir / "result.json").exists():
-            break
+    expected = reference(tmp_path, cfg)
+    run_dir = tmp_path / "killed"
+    kills = train_with_kills(cfg, run_dir, random.Random(14), max_kills=2, wait=(2.0, 3.5), max_attempts=12)
     assert kills == 2
     assert final_weights(run_dir) == expected
 

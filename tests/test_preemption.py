@@ -64,29 +64,34 @@ def reference(tmp_path, cfg):
     return final_weights(tmp_path / "ref")
 
 
-def test_sigkill_at_random_moments_then_resume_is_byte_identical(tmp_path):
-    cfg = write_config(tmp_path, sleep=0.1)  # ~4 s of training after ~1.5 s of imports
-    expected = reference(tmp_path, cfg)
-    run_dir = tmp_path / "killed"
-    rng = random.Random(20261122)
-    kills, attempts = 0, 0
-    while True:
-        attempts += 1
-        assert attempts < 20, "run never finished"
+def train_with_kills(cfg: Path, run_dir: Path, rng: random.Random, *, max_kills: int, wait: tuple[float, float],
+                     max_attempts: int) -> int:
+    """Train ``cfg`` into ``run_dir``, SIGKILLing the process at a random moment (``wait`` seconds
+    after it starts) up to ``max_kills`` times and resuming after each, until the run finishes.
+    Returns how many kills landed (a process that had already finished was not killed)."""
+    kills = 0
+    for _ in range(max_attempts):
         has_config = (run_dir / "config.yaml").exists()
-        args = ["resume", str(run_dir)] if has_config else ["train", str(cfg), "--run-dir", str(run_dir)]
-        proc = start(args)
-        if kills < 5:
-            time.sleep(rng.uniform(1.0, 3.5))
+        proc = start(["resume", str(run_dir)] if has_config else ["train", str(cfg), "--run-dir", str(run_dir)])
+        if kills < max_kills:
+            time.sleep(rng.uniform(*wait))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 kills += 1
                 continue
-        out, err = proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         if "already finished" in err or (run_dir / "result.json").exists():
-            break
+            return kills
+    raise AssertionError("run never finished")
+
+
+def test_sigkill_at_random_moments_then_resume_is_byte_identical(tmp_path):
+    cfg = write_config(tmp_path, sleep=0.1)  # ~4 s of training after ~1.5 s of imports
+    expected = reference(tmp_path, cfg)
+    run_dir = tmp_path / "killed"
+    kills = train_with_kills(cfg, run_dir, random.Random(20261122), max_kills=5, wait=(1.0, 3.5), max_attempts=19)
     assert kills >= 3
     assert final_weights(run_dir) == expected
     # no temporary directories are left behind once the run completed
