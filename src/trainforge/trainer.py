@@ -31,6 +31,7 @@ from .devices import autocast_factory, resolve_device, to_device
 from .events import Callback, CallbackList, Event, SkipBatch, overrides
 from .evaluation import Interrupted, evaluate, record_validation
 from .gradients import clip_gradients, grad_extremes
+from .host_memory import keep_freed_memory
 from .metrics import epoch_summary
 from .optim import build_optimizer
 from .prepare import prepare_run
@@ -161,6 +162,7 @@ class Trainer:
         the run directory, under its lock. A resume on training data that changed since the
         checkpoint is refused unless ``allow_data_change`` (then result.json records the change)."""
         self.lifecycle.to(Phase.INITIALIZING)
+        keep_freed_memory()  # activations are reused every step: don't hand them back to the kernel
         self.controls.reset()
         self.rundir, self.ended = RunDirectory(self.cfg.run_dir), False
         preempted = False

@@ -108,15 +108,22 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int) -> to
     """Causal multi-head attention of ``q`` [B, Tq, C] on ``k``/``v`` [B, Tk, C], query i at position
     Tk - Tq + i; [B, Tq, H, C / H]. Sequences here are 4 tokens: the scores are a few multiply-adds
     per head, so broadcasting and summing in the [B, T, H, D] layout (no transposes) beats
-    ``F.scaled_dot_product_attention``'s kernel on a CPU (~20 % of a training step there)."""
+    ``F.scaled_dot_product_attention``'s kernel on a CPU (~20 % of a training step there), and
+    ``einsum`` or ``matmul`` over (B, H) batches of 4 x 32 matrices (3-4x slower, measured)."""
     B, Tq, C = q.shape
     Tk, D = k.shape[1], C // n_head
     q, k, v = q.reshape(B, Tq, n_head, D), k.reshape(B, Tk, n_head, D), v.reshape(B, Tk, n_head, D)
-    scores = (q.unsqueeze(2) * k.unsqueeze(1)).sum(-1) * D ** -0.5                  # [B, Tq, Tk, H]
+    return mix((q.unsqueeze(2) * k.unsqueeze(1)).sum(-1) * D ** -0.5, v)
+
+
+def mix(scores: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The heads' outputs [B, Tq, H, D] from the scores [B, Tq, Tk, H] of the queries at the last Tq
+    positions against the Tk keys (future ones masked here) and the values ``v`` [B, Tk, H, D]."""
+    Tq, Tk = scores.shape[1:3]
     if Tq > 1:
-        future = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).triu(Tk - Tq + 1)
+        future = torch.ones(Tq, Tk, dtype=torch.bool, device=scores.device).triu(Tk - Tq + 1)
         scores = scores.masked_fill(future[:, :, None], float("-inf"))
-    return (scores.softmax(dim=2).unsqueeze(-1) * v.unsqueeze(1)).sum(2)             # [B, Tq, H, D]
+    return (scores.softmax(dim=2).unsqueeze(-1) * v.unsqueeze(1)).sum(2)
 
 
 class Block(nn.Module):
@@ -138,14 +145,14 @@ class Block(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(ln_1(x), q, k, v) for every position of ``x``."""
+        """(ln_1(x), q, k, v) for every position (row) of ``x``."""
         x = self.ln_1(x)
-        return (x, *self.in_proj(x).split(x.shape[-1], dim=2))
+        return (x, *self.in_proj(x).split(x.shape[-1], dim=-1))
 
     def kv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(ln_1(x), k, v): for positions whose query is not needed."""
         x, C = self.ln_1(x), x.shape[-1]
-        k, v = F.linear(x, self.in_proj.weight[C:], self.in_proj.bias[C:]).split(C, dim=2)
+        k, v = F.linear(x, self.in_proj.weight[C:], self.in_proj.bias[C:]).split(C, dim=-1)
         return x, k, v
 
     def q(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,9 +162,12 @@ class Block(nn.Module):
 
     def finish(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The block's output at the last ``q.shape[1]`` positions of ``k``/``v`` (causal)."""
-        B, Tq, C = q.shape
-        a = attend(q, k, v, self.n_head)
-        x = x + self.out_proj(a.reshape(B, Tq, C))
+        return self.finish_attended(x, attend(q, k, v, self.n_head))
+
+    def finish_attended(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The block's output from ``x`` = ln_1(input) and the attention's heads ``a`` [B, T, H, D]."""
+        B, T = a.shape[:2]
+        x = x + self.out_proj(a.reshape(B, T, -1))
         return x + self.mlp(self.ln_2(x))
 
     def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
@@ -167,11 +177,18 @@ class Block(nn.Module):
         return self.finish(x, q, k, v)
 
 
+def gather(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` through ``index_select``, whose backward (an index_add) is several times
+    faster on a CPU than advanced indexing's (an accumulating index_put)."""
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])
+
+
 class Decoder(nn.Module):
     """``forward(tokens[B, T]) -> logits[B, vocab]`` of the last position (the answer's).
 
-    ``shared_prefix``: in every block, the first so many positions are computed once per
-    distinct prefix (see ``forward_shared_prefix``); 0 computes every row."""
+    ``shared_prefix``: on a CPU, the first block is computed from per-(position, token) tables and
+    in every later block the first so many positions once per distinct prefix (see
+    ``forward_shared_prefix``); 0 computes every row of every block."""
 
     def __init__(self, vocab: int, dim: int = 128, n_layer: int = 2, n_head: int = 4, seq_len: int = 5,
                  shared_prefix: int = 0):
@@ -192,37 +209,60 @@ class Decoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         T = tokens.shape[1]
-        h = self.token_embeddings(tokens) + self.position_embeddings(torch.arange(T, device=tokens.device))
-        # On a GPU, torch.unique would wait on the device every step; the shortcut pays on a CPU.
+        # On a GPU, torch.unique would wait on the device every step; the shortcuts pay on a CPU.
         if 0 < self.shared_prefix < T and tokens.device.type == "cpu":
-            return self.head(self.ln_f(self.forward_shared_prefix(h, tokens, self.shared_prefix)))
+            return self.head(self.ln_f(self.forward_shared_prefix(tokens, self.shared_prefix)))
+        h = self.token_embeddings(tokens) + self.position_embeddings(torch.arange(T, device=tokens.device))
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h = layer(h, last_only=i == last)
         return self.head(self.ln_f(h[:, -1]))
 
-    def forward_shared_prefix(self, h: torch.Tensor, tokens: torch.Tensor, prefix: int) -> torch.Tensor:
-        """The last position's output of the blocks, the same function as the plain loop: in every
-        block the first ``prefix`` positions see only their own prefix of tokens, so they are computed
-        once per distinct prefix (x op y: 97 distinct ``(x, op)`` among a batch's 512 equations) and
-        their keys and values shared by the equations that start with it."""
-        B = h.shape[0]
+    def forward_shared_prefix(self, tokens: torch.Tensor, prefix: int) -> torch.Tensor:
+        """The last position's output of the blocks: the same function as the plain loop, computed
+        with two shortcuts.
+
+        The first block's input at a position is a function of (position, token) alone, so its
+        LayerNorm, queries, keys and values are computed once per distinct pair (x op y: 195 rows
+        for a batch's 2,048 positions), the attention scores as a table of every query row against
+        every key row, and each equation gathers its own. In the later blocks, the first ``prefix``
+        positions see only their own prefix of tokens, so they are computed once per distinct prefix
+        (97 distinct ``(x, op)`` among 512 equations) and their keys and values shared by the
+        equations that start with it."""
+        B, T = tokens.shape
+        cells, cell = torch.unique(tokens + self.vocab * torch.arange(T, device=tokens.device), return_inverse=True)
+        table = self.token_embeddings(cells % self.vocab) + self.position_embeddings(cells // self.vocab)
+        first = self.layers[0]
+        x_cell, q_cell, k_cell, v_cell = first.qkv(table)                   # [U, C]: one row per cell
+        U, C = table.shape
+        H = first.n_head
+        scores = torch.einsum("uhd,whd->uwh", q_cell.view(U, H, -1), k_cell.view(U, H, -1))
+        scores = scores.reshape(U * U, H) * (C // H) ** -0.5                 # [query cell * U + key cell, H]
+
+        def first_block(rows: torch.Tensor, n_query: int) -> torch.Tensor:
+            """The first block's output at the last ``n_query`` positions of sequences of cells ``rows``."""
+            queries = rows[:, -n_query:]
+            s = gather(scores, queries[:, :, None] * U + rows[:, None, :])                 # [N, Tq, Tk, H]
+            return first.finish_attended(gather(x_cell, queries), mix(s, gather(v_cell, rows).view(*rows.shape, H, -1)))
+
+        if len(self.layers) == 1:
+            return first_block(cell, 1)[:, 0]
         key = tokens[:, 0]
         for i in range(1, prefix):  # the prefix as one integer (vocab ** prefix < 2 ** 62, checked at build)
             key = key * self.vocab + tokens[:, i]
         unique, inverse = torch.unique(key, return_inverse=True)
-        first = torch.full((unique.shape[0],), B, dtype=torch.long, device=h.device)
-        first.scatter_reduce_(0, inverse, torch.arange(B, device=h.device), reduce="amin")  # one row per prefix
-        shared, rest = h[first, :prefix], h[:, prefix:]
-        for layer in self.layers[:-1]:
+        one = torch.full((unique.shape[0],), B, dtype=torch.long, device=tokens.device)
+        one.scatter_reduce_(0, inverse, torch.arange(B, device=tokens.device), reduce="amin")  # a row per prefix
+        shared, rest = first_block(cell[one, :prefix], prefix), first_block(cell, T - prefix)
+        for layer in self.layers[1:-1]:
             xp, qp, kp, vp = layer.qkv(shared)
             xs, qs, ks, vs = layer.qkv(rest)
-            k, v = torch.cat([kp[inverse], ks], dim=1), torch.cat([vp[inverse], vs], dim=1)
+            k, v = torch.cat([gather(kp, inverse), ks], dim=1), torch.cat([gather(vp, inverse), vs], dim=1)
             shared, rest = layer.finish(xp, qp, kp, vp), layer.finish(xs, qs, k, v)
         layer = self.layers[-1]  # the answer's position alone needs a query, an output and the MLP
         _, kp, vp = layer.kv(shared)
         xs, ks, vs = layer.kv(rest)
-        k, v = torch.cat([kp[inverse], ks], dim=1), torch.cat([vp[inverse], vs], dim=1)
+        k, v = torch.cat([gather(kp, inverse), ks], dim=1), torch.cat([gather(vp, inverse), vs], dim=1)
         return layer.finish(xs[:, -1:], layer.q(xs[:, -1:]), k, v)[:, 0]
 
 
