@@ -49,9 +49,12 @@ def test_split_is_disjoint_complete_and_fixed_by_the_seed():
 
 @pytest.mark.parametrize("shared_prefix", [0, 1, 2, 3])
 @pytest.mark.parametrize("n_layer", [1, 2, 3])
-def test_shortcuts_compute_the_full_causal_forward_and_its_gradient(shared_prefix, n_layer):
+@pytest.mark.parametrize("score_table", [True, False])
+def test_shortcuts_compute_the_full_causal_forward_and_its_gradient(shared_prefix, n_layer, score_table):
     torch.manual_seed(0)
     model = grokking.Decoder(13, dim=32, n_layer=n_layer, n_head=4, shared_prefix=shared_prefix)
+    if not score_table:  # the first block's scores per equation, as for a vocabulary too large for the table
+        model.max_score_table = 0
     inputs, answers = grokking.equations(11)
     tokens, answers = inputs[::3], answers[::3]  # repeated (x, op) prefixes, as in a batch
     h = model.token_embeddings(tokens) + model.position_embeddings(torch.arange(4))

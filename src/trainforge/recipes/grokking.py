@@ -10,12 +10,14 @@ Grokfast's gradient filter (``grokfast:`` in the config) brings that down to abo
 The model is the paper's: a 2-layer causal transformer of width 128 with 4 heads, learned
 positions, biases, PyTorch's default initialisation, an untied output head over ``p + 2`` tokens.
 Its blocks keep the reference code's quirk (``x = ln_1(x); x = x + attn(x)``: the residual stream
-passes through the first LayerNorm), since grokking's timing depends on such details. Ours: the
-attention is ``F.scaled_dot_product_attention``, and two shortcuts that compute the same function
-with fewer operations: the model returns the logits of the last position only, so the last block
-computes its query, attention output and MLP for that position alone; and in every block the
-positions 0-1, which see only ``(x, op)``, are computed once per distinct x and their keys and
-values shared by the batch's equations (``shared_prefix``; on a CPU, where this is compute-bound).
+passes through the first LayerNorm), since grokking's timing depends on such details. Ours:
+attention over 4 tokens as a broadcast multiply-and-sum, and three shortcuts that compute the same
+function with fewer operations (on a CPU, where a step is compute-bound; ``shared_prefix: 0``
+turns them off): the model returns the logits of the last position only, so the last block
+computes its query, attention output and MLP for that position alone; the first block's input
+depends on (position, token) alone, so its LayerNorm, queries, keys, values and attention scores
+are tables over the ~195 distinct pairs of a batch; and in the later blocks the positions 0-1,
+which see only ``(x, op)``, are computed once per distinct x and their keys and values shared.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ RECIPE_ARGS: dict[str, Any] = {
     "dim": 128,
     "n_layer": 2,
     "n_head": 4,
-    "shared_prefix": 2,       # every block: positions 0-1 (x, op) computed once per distinct x (CPU only); 0: off
+    "shared_prefix": 2,       # CPU: first block from (position, token) tables, positions 0-1 once per x; 0: off
     "train_accuracy": False,  # also measure train/accuracy on all training equations after each validation
 }
 
@@ -109,7 +111,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int) -> to
     Tk - Tq + i; [B, Tq, H, C / H]. Sequences here are 4 tokens: the scores are a few multiply-adds
     per head, so broadcasting and summing in the [B, T, H, D] layout (no transposes) beats
     ``F.scaled_dot_product_attention``'s kernel on a CPU (~20 % of a training step there), and
-    ``einsum`` or ``matmul`` over (B, H) batches of 4 x 32 matrices (3-4x slower, measured)."""
+    ``einsum`` or ``matmul`` over (B, H) batches of 4 x 32 matrices (2-4x slower, measured)."""
     B, Tq, C = q.shape
     Tk, D = k.shape[1], C // n_head
     q, k, v = q.reshape(B, Tq, n_head, D), k.reshape(B, Tk, n_head, D), v.reshape(B, Tk, n_head, D)
@@ -190,6 +192,10 @@ class Decoder(nn.Module):
     in every later block the first so many positions once per distinct prefix (see
     ``forward_shared_prefix``); 0 computes every row of every block."""
 
+    # The first block's score table holds (distinct cells)^2 x heads floats: x op y mod p has at most
+    # 2p + 2 cells (p = 97: ~152 k floats). Beyond this many, scores are computed per equation.
+    max_score_table = 1 << 24
+
     def __init__(self, vocab: int, dim: int = 128, n_layer: int = 2, n_head: int = 4, seq_len: int = 5,
                  shared_prefix: int = 0):
         super().__init__()
@@ -236,14 +242,20 @@ class Decoder(nn.Module):
         x_cell, q_cell, k_cell, v_cell = first.qkv(table)                   # [U, C]: one row per cell
         U, C = table.shape
         H = first.n_head
-        scores = torch.einsum("uhd,whd->uwh", q_cell.view(U, H, -1), k_cell.view(U, H, -1))
-        scores = scores.reshape(U * U, H) * (C // H) ** -0.5                 # [query cell * U + key cell, H]
+        scores = None
+        if U * U * H <= self.max_score_table:  # [query cell * U + key cell, H]
+            scores = torch.einsum("uhd,whd->uwh", q_cell.view(U, H, -1), k_cell.view(U, H, -1))
+            scores = scores.reshape(U * U, H) * (C // H) ** -0.5
 
         def first_block(rows: torch.Tensor, n_query: int) -> torch.Tensor:
             """The first block's output at the last ``n_query`` positions of sequences of cells ``rows``."""
             queries = rows[:, -n_query:]
-            s = gather(scores, queries[:, :, None] * U + rows[:, None, :])                 # [N, Tq, Tk, H]
-            return first.finish_attended(gather(x_cell, queries), mix(s, gather(v_cell, rows).view(*rows.shape, H, -1)))
+            if scores is None:  # too many cells for a table of every pair: per equation
+                a = attend(gather(q_cell, queries), gather(k_cell, rows), gather(v_cell, rows), H)
+            else:
+                s = gather(scores, queries[:, :, None] * U + rows[:, None, :])             # [N, Tq, Tk, H]
+                a = mix(s, gather(v_cell, rows).view(*rows.shape, H, -1))
+            return first.finish_attended(gather(x_cell, queries), a)
 
         if len(self.layers) == 1:
             return first_block(cell, 1)[:, 0]
