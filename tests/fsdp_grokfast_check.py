@@ -59,6 +59,7 @@ def main():
                 for i, expected in enumerate(full):
                     got = torch.cat([m[i] for m in mine], dim=lead)
                     assert torch.equal(got, expected), (key, i)
+    dist.barrier()  # gloo torn down while the peer still talks can abort it (as trainforge's shutdown knows)
     dist.destroy_process_group()
     print(f"rank {rank}: ok")
 
