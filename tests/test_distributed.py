@@ -125,9 +125,11 @@ def test_make_loader_splits_by_the_given_rank():
 
 
 def test_ranks_meet_before_the_process_group_is_torn_down(monkeypatch, capsys):
-    """At exit every rank waits at a bounded barrier, then destroys the group: gloo torn down while
-    a peer still exchanged its last messages aborted that peer (SIGABRT) in ~1 of 6-10 runs here. A
-    barrier that fails (a dead peer) is reported and the teardown still happens."""
+    """At exit after a run that ended on every rank, each waits at a bounded barrier, then destroys
+    the group: gloo torn down while a peer still exchanged its last messages aborted that peer
+    (SIGABRT) in ~1 of 6-10 runs here. A barrier that fails (a dead peer) is reported and the
+    teardown still happens; a rank whose run failed alone tears down at once (its peers may sit in a
+    collective it will never join)."""
     from trainforge.distributed import context
 
     calls = []
@@ -136,6 +138,12 @@ def test_ranks_meet_before_the_process_group_is_torn_down(monkeypatch, capsys):
     monkeypatch.setattr(context.dist, "monitored_barrier",
                         lambda group=None, timeout=None: calls.append(("barrier", timeout)))
     monkeypatch.setattr(context.dist, "destroy_process_group", lambda: calls.append(("destroy", None)))
+    monkeypatch.setattr(context, "_meet_at_exit", False)
+    context.shutdown()  # this rank's run failed
+    assert calls == [("destroy", None)]
+
+    calls.clear()
+    context.meet_at_exit()
     context.shutdown()
     assert [c[0] for c in calls] == ["barrier", "destroy"] and calls[0][1].total_seconds() == context._EXIT_BARRIER_S
 
@@ -183,6 +191,23 @@ def test_ddp_all_reduces_once_per_optimizer_step_under_accumulation(world_of_one
     # 10 batches: groups of 3, 3, 3 and the epoch's last batch alone -> 4 steps, 4 all-reduces
     assert trainer.state.counters.step == 4
     assert len(calls) == 4
+
+
+def test_only_a_run_that_ended_on_every_rank_meets_at_exit(world_of_one, tmp_path, monkeypatch):
+    from trainforge import Trainer
+    from trainforge.distributed import context
+
+    def run(model):
+        cfg = {"run_dir": str(tmp_path / f"run{len(list(tmp_path.iterdir()))}"), "max_steps": 2, "batch_size": 4,
+               "checkpoint": {"enabled": False}, "log": {"progress": False, "sinks": ["jsonl"]}, "sanity_check": False}
+        return Trainer(model, cfg, task="classification").fit((torch.randn(16, 4), torch.randint(0, 2, (16,))))
+
+    monkeypatch.setattr(context, "_meet_at_exit", False)
+    with pytest.raises(RuntimeError):
+        run(torch.nn.Linear(3, 2))  # the user's model does not fit the data: this rank fails
+    assert context._meet_at_exit is False
+    run(torch.nn.Linear(4, 2))
+    assert context._meet_at_exit is True
 
 
 # --------------------------------------------------------------------------- DDP = 1 process

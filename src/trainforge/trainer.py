@@ -189,6 +189,7 @@ class Trainer:
                     preempted = True
                     ending.save_on_preemption(self)
             ending.finish(self, Phase.COMPLETED)
+            self.dist.ended_in_step()  # finished, stopped or preempted: every rank alike
         except BaseException as exc:
             if not self.ended:
                 self.state.stopped_reason = f"error: {type(exc).__name__}: {exc}"

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from ..config import ConfigError
 from ..state import RngState, capture_rng, restore_rng
-from .context import DistContext
+from .context import DistContext, meet_at_exit
 from .wrap import set_gradient_sync, wrap_ddp, wrap_fsdp
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,6 +47,11 @@ class DistributedRun:
     @property
     def world_size(self) -> int:
         return self.ctx.world_size
+
+    def ended_in_step(self) -> None:
+        """The run ended on every rank alike (see ``context.meet_at_exit``)."""
+        if self.enabled:
+            meet_at_exit()
 
     def before_micro_batch(self, trainer: "Trainer", last: bool) -> None:
         """Before a micro-batch's forward: all-reduce its gradients only when it ends the accumulation

@@ -152,20 +152,31 @@ class DistContext:
 
 _EXIT_BARRIER_S = 30
 _exit_group: Any = None
+_meet_at_exit = False
+
+
+def meet_at_exit() -> None:
+    """This rank's run ended as every rank's did (finished, stopped or preempted, all in step): at
+    exit, wait for the others before tearing the group down. A rank that failed alone does not: it
+    would wait for peers still inside a collective."""
+    global _meet_at_exit
+    _meet_at_exit = True
 
 
 def shutdown() -> None:
-    """Leave the process group (at exit; a second call is harmless). The ranks first meet at a
-    barrier: a rank that tore gloo down while its peer was still exchanging its last messages made
-    the peer's gloo threads abort the process ("terminate called without an active exception",
-    SIGABRT) in about one 2-process run in ten. The barrier is bounded (a dead peer fails it in
-    at most ``_EXIT_BARRIER_S``), and the teardown goes on either way."""
+    """Leave the process group (at exit; a second call is harmless). After a run that ended on every
+    rank, the ranks first meet at a barrier: a rank that tore gloo down while its peer was still
+    exchanging its last messages made the peer's gloo threads abort the process ("terminate called
+    without an active exception", SIGABRT) in about one 2-process run in six to ten. The barrier
+    is bounded (a dead peer fails it in at most ``_EXIT_BARRIER_S``), and the teardown goes on
+    either way."""
     try:
         if dist.is_available() and dist.is_initialized():
-            try:
-                dist.monitored_barrier(group=_exit_group, timeout=datetime.timedelta(seconds=_EXIT_BARRIER_S))
-            except Exception as e:  # noqa: BLE001 - a peer that failed is reported by the launcher
-                print(f"trainforge: rank {rank()}: ranks did not meet at exit: {e}", file=sys.stderr)
+            if _meet_at_exit:
+                try:
+                    dist.monitored_barrier(group=_exit_group, timeout=datetime.timedelta(seconds=_EXIT_BARRIER_S))
+                except Exception as e:  # noqa: BLE001 - a peer that failed is reported by the launcher
+                    print(f"trainforge: rank {rank()}: ranks did not meet at exit: {e}", file=sys.stderr)
             dist.destroy_process_group()
     except Exception as e:  # noqa: BLE001 - at exit a peer may already be gone
         print(f"trainforge: rank {rank()}: process group teardown: {e}", file=sys.stderr)
