@@ -134,7 +134,7 @@ def compare(identity: dict[str, Any], model_state: dict[str, Any], meta: dict[st
         blocking.append(f"world size: checkpoint {old_world}, run {new_world} with the same per-rank batch_size, so the "
                         f"global batch would change; set batch_size so that batch_size x world size = "
                         f"{meta['config'].get('batch_size', 0) * old_world}")
-    old_shards, new_shards = grokfast_shards(meta["config"], old_world), grokfast_shards(identity["config"], new_world)
+    old_shards, new_shards = _grokfast_shards(meta["config"], old_world), _grokfast_shards(identity["config"], new_world)
     if old_shards != new_shards and meta["config"].get("grokfast") and identity["config"].get("grokfast"):
         # under FSDP each rank's filter state is that of its shards, whose bounds follow the world size
         blocking.append(f"grokfast: the checkpoint's filter state is {_sharding(old_shards, old_world)}, this run's "
@@ -144,14 +144,13 @@ def compare(identity: dict[str, Any], model_state: dict[str, Any], meta: dict[st
     return blocking, allowed
 
 
-def grokfast_shards(config: dict[str, Any], world: int) -> int:
+def _grokfast_shards(config: dict[str, Any], world: int) -> int:
     """Over how many ranks a run shards its Grokfast filter's state (FSDP: the world size; else 1)."""
     return world if world > 1 and (config.get("distributed") or {}).get("strategy") == "fsdp" else 1
 
 
 def _sharding(shards: int, world: int) -> str:
     return f"sharded over {shards} FSDP ranks" if shards > 1 else f"whole (world size {world}, not FSDP)"
-
 
 
 def config_diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

@@ -36,6 +36,7 @@ import math
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
+import torch.distributed as dist
 
 from ..events import Callback
 
@@ -194,7 +195,6 @@ class _Filter:
         group = self.groups[0].process_group
         if group is None:
             return state
-        import torch.distributed as dist
         # on the CPU: rank 0 must not unpickle tensors onto another rank's device
         mine = {**state, "groups": [{k: v.cpu() for k, v in g.items()} for g in state["groups"]]}
         world, main = dist.get_world_size(group), dist.get_global_rank(group, 0)
@@ -229,7 +229,6 @@ class _Filter:
         """This rank's part of a state saved under FSDP. Each rank's state is that of its shards, whose
         bounds depend on the world size: a state sharded over another number of ranks is refused
         (resharding it is not supported), as is a whole-gradient state (1 process, DDP) under FSDP."""
-        import torch.distributed as dist
         world, rank = (dist.get_world_size(group), dist.get_rank(group)) if group is not None else (1, 0)
         ranks = state.get("ranks")
         if ranks is None and "ranks" in state:
@@ -256,7 +255,6 @@ def _finite_flag(g: torch.Tensor, group: Any = None) -> tuple[torch.Tensor, torc
     of every rank skips the same steps, as the 1-process filter on the whole gradient would."""
     ok = torch.isfinite(g.sum(dtype=torch.promote_types(g.dtype, torch.float32)))
     if group is not None:
-        import torch.distributed as dist
         ok = ok.float()  # a float32 flag: every backend reduces it (not all reduce bool or half)
         dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=group)
     return ok.to(g.dtype), torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
